@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+
+from bench import world as W
+from bench.autoencoder import SpaceToDepthAutoencoder
+from bench.backbones import (ASSETS, PIPELINE_DIR, Backbone, PretrainConfig, TinyArch, build_tiny_sd15,
+                             load_pipeline_dir, load_real, make_tokenizer, pretrain, recipe, shipped_weights)
+from bench.registry import BenchError
+from bench.sample import generate, initial_latents
+
+
+def test_space_to_depth_autoencoder_is_exact():
+    vae = SpaceToDepthAutoencoder(factor=2)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = vae.encode(x).latent_dist.sample()
+    assert z.shape == (3, 12, 16, 16)
+    assert torch.allclose(vae.decode(z).sample, x, atol=1e-5)
+    assert vae.config.latent_channels == 12 and len(vae.config.block_out_channels) == 2
+
+
+def test_tokenizer_knows_every_grammar_word_and_pads():
+    tok = make_tokenizer(12)
+    ids = tok("three yellow triangles on a white background", padding="max_length", max_length=12).input_ids
+    assert len(ids) == 12 and tok.unk_token_id not in ids
+    assert ids[0] == tok.bos_token_id and ids[8] == tok.eos_token_id and ids[9] == tok.pad_token_id
+    assert tok("").input_ids == [tok.bos_token_id, tok.eos_token_id]
+
+
+def test_pipeline_save_load_round_trip(tmp_path, tiny_arch):
+    pipe = build_tiny_sd15(tiny_arch, 32, seed=0)
+    pipe.save_pretrained(tmp_path / "p", safe_serialization=True)
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert not list((tmp_path / "p").rglob("*.bin"))           # safetensors only
+    loaded = load_pipeline_dir(tmp_path / "p")
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    assert isinstance(loaded.vae, SpaceToDepthAutoencoder)
+    a, b = Backbone("x", pipe, 32, 3.0, 2), Backbone("x", loaded, 32, 3.0, 2)
+    prompts = ["one red circle on a blue background", "two green squares on a black background"]
+    assert torch.equal(generate(a, prompts, [0, 1], progress=False), generate(b, prompts, [0, 1], progress=False))
+
+
+def test_initial_noise_depends_only_on_prompt_and_seed(tiny_arch):
+    bb = Backbone("x", build_tiny_sd15(tiny_arch, 32), 32, 3.0, 2)
+    one = initial_latents(bb, ["a", "b"], [0, 0])
+    two = initial_latents(bb, ["b", "a", "a"], [0, 0, 1])
+    assert torch.equal(one[0], two[1]) and torch.equal(one[1], two[0])
+    assert not torch.equal(two[1], two[2])
+
+
+def test_short_pretraining_is_cached_and_deterministic(tmp_path, tiny_arch, tiny_pipe_dir):
+    pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2)
+    again = pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False)
+    a = load_pipeline_dir(tiny_pipe_dir).unet.state_dict()
+    b = load_pipeline_dir(again).unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)              # same recipe, same weights
+    log = json.loads((again.parent / "train_log.json").read_text())
+    assert log["loss_every_100"] and log["loss_every_100"][0] > 0
+    assert json.loads((again.parent / "recipe.json").read_text())["pretrain"]["steps"] == 4
+    mtime = (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+    assert pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False) == again
+    assert (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime == mtime
+
+
+@pytest.mark.skipif(not (ASSETS / "tiny-sd15" / "recipe.json").is_file(), reason="no shipped weights")
+def test_shipped_weights_match_recipe_and_checksums():
+    path = shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())
+    assert (path / "model_index.json").is_file()
+    pipe = load_pipeline_dir(path)
+    assert sum(p.numel() for p in pipe.unet.parameters()) > 1e6
+    with pytest.raises(BenchError, match="another recipe"):
+        shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(steps=1), W.WorldConfig())
+    assert recipe("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())["format"] == 1
+
+
+def test_real_loader_reads_hf_layout_dir(tmp_path, tiny_arch):
+    build_tiny_sd15(tiny_arch, 32).save_pretrained(tmp_path / "sd15", safe_serialization=True)
+    pipe = load_real("stable-diffusion-v1-5/stable-diffusion-v1-5", str(tmp_path / "sd15"))
+    assert pipe.unet.config.in_channels == 12
+
+
+def test_real_loader_missing_weights_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(BenchError) as e:
+        load_real("stable-diffusion-v1-5/stable-diffusion-v1-5", None)
+    msg = str(e.value)
+    assert "\n" not in msg and "stable-diffusion-v1-5/stable-diffusion-v1-5" in msg and "backbone.path" in msg
+    with pytest.raises(BenchError, match="model_index.json missing"):
+        load_real("x/y", str(tmp_path / "nowhere"))

@@ -1,0 +1,97 @@
+"""Scoring and paired statistics.
+
+Win rate of A over B for one scorer (DESIGN.md, Statistics): images are paired by (prompt, seed)
+with identical sampler, steps, guidance and resolution; a pair counts 1 if A scores higher, 0.5
+within the scorer's tie tolerance, 0 otherwise; outcomes are averaged over seeds within a prompt,
+then over prompts. The 95% CI is a percentile bootstrap over prompts (seeded); the p-value is a
+two-sided sign test on W vs L (ties excluded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from bench import world as W
+from bench.registry import SCORERS, BenchError
+
+
+@dataclass
+class EvalConfig:
+    split: str = "eval"                 # eval prompts are held-out combinations; never tune on them
+    seeds_per_prompt: int = 4
+    max_prompts: int | None = None      # None: the whole split
+    batch_size: int = 64
+    scorers: list[str] = field(default_factory=lambda: ["gold", "fidelity", "aesthetic", "preference"])
+    n_bootstrap: int = 10000
+    bootstrap_seed: int = 0
+    ci: float = 0.95
+
+
+def outcomes(a: np.ndarray, b: np.ndarray, tie_tol: float, higher_is_better: bool = True) -> np.ndarray:
+    """Per pair: 1 if A beats B, 0.5 within tie_tol, 0 otherwise."""
+    d = (a - b) if higher_is_better else (b - a)
+    return np.where(np.abs(d) <= tie_tol, 0.5, (d > 0).astype(float))
+
+
+def win_rate(a, b, prompt_ids, tie_tol: float = 0.0, higher_is_better: bool = True,
+             n_bootstrap: int = 10000, seed: int = 0, ci: float = 0.95) -> dict:
+    """Paired win rate of A over B with W/T/L, a prompt-level bootstrap CI and a sign test."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) != len(prompt_ids):
+        raise ValueError("a, b and prompt_ids must be 1-D and of equal length (paired samples)")
+    if len(a) == 0:
+        raise BenchError("no paired samples to compare; the eval prompt set is empty")
+    o = outcomes(a, b, tie_tol, higher_is_better)
+    per_prompt = pd.Series(o).groupby(np.asarray(prompt_ids)).mean().to_numpy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_prompt), size=(n_bootstrap, len(per_prompt)))
+    boots = per_prompt[idx].mean(axis=1)
+    alpha = (1 - ci) / 2
+    wins, ties = int((o == 1).sum()), int((o == 0.5).sum())
+    losses = len(o) - wins - ties
+    p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return {"win_rate": float(per_prompt.mean()), "ci_low": float(np.quantile(boots, alpha)),
+            "ci_high": float(np.quantile(boots, 1 - alpha)), "wins": wins, "ties": ties,
+            "losses": losses, "sign_test_p": float(p), "n_prompts": int(len(per_prompt)),
+            "n_pairs": int(len(o))}
+
+
+def get_scorer(name: str, **kwargs):
+    import scorers  # noqa: F401  (registers every scorer)
+    return SCORERS.get(name)(**kwargs)
+
+
+def score_images(images: torch.Tensor, prompts: list[str], names: list[str],
+                 batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Score uint8 images (N, 3, H, W) with each named scorer; one column per scorer."""
+    out = {}
+    for name in names:
+        sc = get_scorer(name)
+        vals = []
+        for i in tqdm(range(0, len(images), batch_size), desc=f"score {name}", disable=not progress,
+                      leave=False):
+            x = images[i:i + batch_size].float() / 255.0
+            vals.append(sc.score(x, prompts[i:i + batch_size]).detach().float().cpu())
+        out[name] = torch.cat(vals).numpy() if vals else np.zeros(0)
+    return pd.DataFrame(out)
+
+
+def attribute_table(images: torch.Tensor, prompts: list[str]) -> pd.DataFrame:
+    """Shapes-world attributes of every image, measured from pixels by the judges."""
+    rows = []
+    for img, text in zip(images, prompts):
+        j = W.judge(img.permute(1, 2, 0).numpy().astype(np.float32) / 255.0, W.parse_prompt(text))
+        rows.append({**j.attributes(), "fully_correct": j.fully_correct, "n_negative": j.n_negative})
+    return pd.DataFrame(rows)
+
+
+def attribute_summary(attrs: pd.DataFrame) -> dict:
+    """Rate of each attribute, fully-correct rate and mean count of negative attributes."""
+    out = {k: float(attrs[k].mean()) for k in W.ATTRIBUTES + ("fully_correct",)}
+    out["n_negative_mean"] = float(attrs["n_negative"].mean())
+    return out

@@ -1,0 +1,285 @@
+"""One job, start to finish: config -> backbone -> preference data -> train -> sample -> score -> result.
+
+    validate(cfg)           typed config; unknown keys, unknown names, empty prompt sets rejected
+    load backbone           shipped / pretrained (cached by recipe hash) / real weights
+    preference data         simulated annotators on base samples (cached), or a Pick-a-Pic file
+    train(method)           bench.train, method-agnostic
+    sample                  eval prompts x seeds, identical initial noise for base and policy;
+                            base samples cached and shared by every method
+    score                   every scorer per image, judge attributes, paired win rates vs base
+    result                  <results>/runs/<backbone>-<method>-<hash>/{result.json, scores.parquet}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+from safetensors.torch import load_file, save_file
+
+from bench import world as W
+from bench.data import DataConfig, load_pickapic, world_preferences
+from bench.evaluate import EvalConfig, attribute_summary, attribute_table, get_scorer, score_images, win_rate
+from bench.registry import BACKBONES, METHODS, BenchError
+from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
+from bench.sample import generate
+from bench.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PathsConfig:
+    results: str = "results"
+    cache: str = ".cache/diffpref"
+
+
+@dataclass
+class RootSchema:
+    """The composed config's schema as Hydra sees it (defaults for every overridable key).
+    backbone and method come from their config groups, one dataclass per registry entry."""
+    seed: int = 0
+    progress: bool = True
+    backbone: Any = None
+    method: Any = None
+    world: W.WorldConfig = field(default_factory=W.WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Store the root schema and one group option per registered method and backbone."""
+    from hydra.core.config_store import ConfigStore
+    import bench.backbones  # noqa: F401
+    import methods  # noqa: F401
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootSchema)
+    for name in METHODS.names():
+        cs.store(group="method", name=name, node=METHODS.get(name).Config(name=name))
+    for name in BACKBONES.names():
+        cs.store(group="backbone", name=name, node=BACKBONES.get(name).Config(name=name))
+
+
+@dataclass
+class JobConfig:
+    seed: int
+    backbone: Any
+    method: Any
+    world: W.WorldConfig
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig
+    paths: PathsConfig
+    progress: bool = True
+
+
+def _check_keys(node, cls, where: str) -> None:
+    """Every key of node must be a field of the dataclass cls (recursively). Needed because a node
+    composed by Hydra from a structured config accepts `+key=...` and merging drops it silently."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in node.keys():
+        if key not in fields:
+            raise BenchError(f"unknown key '{where}.{key}'; valid keys of {where}: {', '.join(fields)}")
+        sub = node[key]
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+        if isinstance(sub, DictConfig) and dataclasses.is_dataclass(default):
+            _check_keys(sub, type(default), f"{where}.{key}")
+
+
+def typed(node, cls, where: str):
+    """Merge a config node onto its dataclass schema; unknown keys and bad types are BenchErrors."""
+    _check_keys(node, cls, where)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+    except ConfigKeyError as e:
+        valid = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise BenchError(f"unknown key '{where}.{e.full_key}'; valid keys of {where}: {valid}") from None
+    except ValidationError as e:
+        raise BenchError(f"bad value for '{where}.{e.full_key}': {e.msg.splitlines()[0]}") from None
+    return OmegaConf.to_object(merged)
+
+
+def validate(cfg: DictConfig) -> JobConfig:
+    """The typed job config. Hydra accepts `+method.typo=1` silently; this rejects it."""
+    known = {f.name for f in dataclasses.fields(JobConfig)}
+    extra = sorted(set(cfg.keys()) - known)
+    if extra:
+        raise BenchError(f"unknown top-level key(s) {extra}; valid: {', '.join(sorted(known))}")
+    import bench.backbones  # noqa: F401  (registers every backbone)
+    import methods  # noqa: F401  (registers every method)
+    method_cls = METHODS.get(cfg.method.name)
+    loader = BACKBONES.get(cfg.backbone.name)
+    job = JobConfig(
+        seed=int(cfg.seed), backbone=typed(cfg.backbone, loader.Config, "backbone"),
+        method=typed(cfg.method, method_cls.Config, "method"),
+        world=typed(cfg.world, W.WorldConfig, "world"), data=typed(cfg.data, DataConfig, "data"),
+        train=typed(cfg.train, TrainConfig, "train"), eval=typed(cfg.eval, EvalConfig, "eval"),
+        paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)))
+    for name in job.eval.scorers:
+        get_scorer(name)   # unknown scorer -> BenchError listing the valid ones
+    if job.data.source not in ("world", "file"):
+        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
+    if job.data.source == "file" and not job.data.path:
+        raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
+    eval_prompts(job)      # empty eval set -> BenchError
+    return job
+
+
+def eval_prompts(job: JobConfig) -> list[W.Prompt]:
+    splits = W.split_prompts(job.world)
+    if job.eval.split not in splits:
+        raise BenchError(f"unknown eval.split {job.eval.split!r}; valid: {', '.join(splits)}")
+    prompts = splits[job.eval.split]
+    if job.eval.max_prompts is not None:
+        prompts = prompts[:job.eval.max_prompts]
+    if not prompts or job.eval.seeds_per_prompt < 1:
+        raise BenchError(f"the eval prompt set is empty (split {job.eval.split!r}: {len(prompts)} prompts, "
+                         f"{job.eval.seeds_per_prompt} seeds each); raise eval.max_prompts, "
+                         "eval.seeds_per_prompt or world.eval_fraction")
+    return prompts
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached_images(path: Path, make) -> torch.Tensor:
+    """uint8 images cached as safetensors (temp name, then rename)."""
+    if path.is_file():
+        return load_file(str(path))["images"]
+    images = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"images": images.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return images
+
+
+def run_job(cfg: DictConfig) -> Path:
+    job = validate(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
+    for k in ("world", "data", "train", "eval"):
+        plain[k] = dataclasses.asdict(getattr(job, k))
+    out = job_dir(Path(job.paths.results), plain)
+    if is_complete(out):
+        log.info("skip: %s is complete", out)
+        return out
+    cache = Path(job.paths.cache)
+    times, t0 = {}, time.time()
+    method = METHODS.get(job.method.name)(job.method)
+    backbone = BACKBONES.get(job.backbone.name)(job.backbone, job.world, cache)
+    weights_id = _key(dataclasses.asdict(job.backbone))
+    times["load"] = time.time() - t0
+
+    prompts = eval_prompts(job)
+    texts = [p.text for p in prompts for _ in range(job.eval.seeds_per_prompt)]
+    seeds = [s for _ in prompts for s in range(job.eval.seeds_per_prompt)]
+
+    def sample(tx, sd, unet=None, desc="sample"):
+        return generate(backbone, tx, sd, unet=unet, batch_size=job.eval.batch_size,
+                        progress=job.progress, desc=desc)
+
+    t = time.time()
+    base_images = cached_images(
+        cache / "samples" / f"{backbone.name}-{_key(weights_id, texts, seeds)}.safetensors",
+        lambda: sample(texts, seeds, desc="sample base"))
+    times["sample_base"] = time.time() - t
+
+    history, data_info = [], {}
+    if method.feedback == "none":
+        images = base_images
+    else:
+        t = time.time()
+        if job.data.source == "world":
+            path = world_preferences(backbone, job.world, job.data, cache, weights_id,
+                                     lambda tx, sd: sample(tx, sd, desc="sample pairs"))
+        else:
+            path = Path(job.data.path)
+        data = load_pickapic(path, keep_ties=job.data.keep_ties, size=backbone.resolution)
+        data_info = {"path": str(path), "pairs": len(data), "ties_kept": int(data.ties.sum())}
+        times["data"] = time.time() - t
+        t = time.time()
+        policy, history = train(backbone, method, data, job.train, job.seed,
+                                ckpt_dir=cache / "checkpoints" / out.name, progress=job.progress)
+        times["train"] = time.time() - t
+        t = time.time()
+        images = sample(texts, seeds, unet=policy, desc=f"sample {job.method.name}")
+        times["sample"] = time.time() - t
+
+    t = time.time()
+    scores = score_images(images, texts, job.eval.scorers, progress=job.progress)
+    base_scores = score_images(base_images, texts, job.eval.scorers, progress=job.progress)
+    table = {"prompt_id": [p.id for p in prompts for _ in range(job.eval.seeds_per_prompt)],
+             "prompt": texts, "seed": seeds}
+    df = pd.DataFrame(table)
+    for name in job.eval.scorers:
+        df[name], df[f"base_{name}"] = scores[name].to_numpy(), base_scores[name].to_numpy()
+    attrs, base_attrs = attribute_table(images, texts), attribute_table(base_images, texts)
+    for c in attrs.columns:
+        df[c], df[f"base_{c}"] = attrs[c].to_numpy(), base_attrs[c].to_numpy()
+    scorer_info = {}
+    for name in job.eval.scorers:
+        sc = get_scorer(name)
+        st = win_rate(df[name], df[f"base_{name}"], df["prompt_id"], sc.tie_tolerance,
+                      sc.higher_is_better, job.eval.n_bootstrap, job.eval.bootstrap_seed, job.eval.ci)
+        scorer_info[name] = {"higher_is_better": sc.higher_is_better, "tie_tolerance": sc.tie_tolerance,
+                             "mean": float(df[name].mean()), "std": float(df[name].std(ddof=0)),
+                             "n": int(len(df)), "base_mean": float(df[f"base_{name}"].mean()),
+                             "vs_base": st}
+    times["score"] = time.time() - t
+    times["total"] = time.time() - t0
+    result = {
+        "job": job_hash(plain), "backbone": backbone.name, "method": job.method.name,
+        "identity": job_identity(plain), "config": plain, "provenance": provenance(),
+        "wall_s": times,
+        "budget": {"steps": job.train.steps if method.feedback != "none" else 0,
+                   "batch_size": job.train.batch_size,
+                   "examples": job.train.steps * job.train.batch_size if method.feedback != "none" else 0},
+        "data": data_info, "scorers": scorer_info,
+        "attributes": {"model": attribute_summary(attrs), "base": attribute_summary(base_attrs)},
+        "train_history": history,
+    }
+    write_job(out, result, df, OmegaConf.to_yaml(cfg))
+    g = scorer_info.get("gold", {}).get("vs_base")
+    log.info("done %s in %.0fs%s", out.name, times["total"],
+             f"; gold win rate vs base {g['win_rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g else "")
+    return out
+
+
+def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
+    """Pretrain the configured tiny backbone (cached), then measure the base model on the eval
+    prompts: per-attribute accuracy and fully-correct rate (gold judge). --export ships it."""
+    from bench import backbones as B
+    job = validate(cfg)
+    if not isinstance(job.backbone, B.TinyBackboneConfig):
+        raise BenchError(f"pretrain is for tiny backbones; {job.backbone.name} has pretrained weights")
+    t = time.time()
+    path = B.pretrain(job.backbone.name, job.backbone.arch, job.backbone.pretrain, job.world,
+                      Path(job.paths.cache), progress=job.progress)
+    wall = time.time() - t
+    if export:
+        path = B.export_shipped(path, job.backbone.name) / B.PIPELINE_DIR
+    bb = B.Backbone(job.backbone.name, B.load_pipeline_dir(path), job.world.image_size,
+                    job.backbone.guidance_scale, job.backbone.num_inference_steps)
+    prompts = eval_prompts(job)
+    n = job.backbone.pretrain.eval_seeds
+    texts = [p.text for p in prompts for _ in range(n)]
+    images = generate(bb, texts, [s for _ in prompts for s in range(n)], batch_size=job.eval.batch_size,
+                      progress=job.progress, desc="sample base")
+    summary = attribute_summary(attribute_table(images, texts))
+    report = {"weights": str(path), "pretrain_wall_s": wall, "eval_images": len(texts), **summary}
+    (path.parent / "base_quality.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return report

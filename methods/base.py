@@ -1,0 +1,9 @@
+"""The untrained base model: the reference row every method is compared against."""
+from bench.registry import METHODS
+from bench.train import Method
+
+
+@METHODS.register("base")
+class Base(Method):
+    """No training: the pretrained backbone itself (every win rate is against this row)."""
+    feedback = "none"

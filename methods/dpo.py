@@ -1,0 +1,44 @@
+"""Diffusion-DPO (Wallace et al., arXiv 2311.12908).
+
+Loss as implemented in SalesforceAIResearch/DiffusionDPO train.py (L1126-1151 @5233e75):
+    inside = -(beta / 2) * [(e_pol(w) - e_ref(w)) - (e_pol(l) - e_ref(l))]
+    loss   = -mean log sigmoid(inside);  implicit accuracy = fraction(inside > 0)
+with per-sample errors averaged over C, H, W and winner/loser sharing noise and timestep (the
+trainer does both). At initialisation policy == reference, so the loss is log 2.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.registry import METHODS
+from bench.train import Method, MethodConfig
+
+
+@dataclass
+class DPOConfig(MethodConfig):
+    # beta_dpo = 5000: DiffusionDPO train.py default and both official launchers.
+    beta: float = 5000.0
+    # True: the official -beta/2 form. False: the diffusers SD LoRA port's form without the 1/2
+    # (examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, default beta 2500), which
+    # is the same loss at half the beta.
+    half: bool = True
+
+
+@METHODS.register("dpo")
+class DPO(Method):
+    """Diffusion-DPO: pairwise preference loss against a frozen reference, beta = 5000."""
+    feedback = "pairs"
+    needs_reference = True
+    Config = DPOConfig
+
+    def loss(self, err, ref_err):
+        e_w, e_l = err.chunk(2)
+        r_w, r_l = ref_err.chunk(2)
+        scale = self.cfg.beta * (0.5 if self.cfg.half else 1.0)
+        inside = -scale * ((e_w - r_w) - (e_l - r_l))
+        loss = -F.logsigmoid(inside).mean()
+        reward_w, reward_l = -scale * (e_w - r_w), -scale * (e_l - r_l)
+        return loss, {"implicit_acc": (inside > 0).float().mean(),
+                      "reward_margin": (reward_w - reward_l).mean().detach(),
+                      "model_err_w": e_w.mean().detach(), "ref_err_w": r_w.mean().detach()}

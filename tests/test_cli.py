@@ -1,0 +1,55 @@
+"""Each bad input stops with one line on stderr naming the problem and the fix, exit status 2."""
+import logging
+
+import pytest
+
+from bench.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return e.value.code, err[-1] if err else ""
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)      # Hydra's output dirs land in the test's temp dir
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers      # Hydra points logging at this test's captured streams
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["run", "method=dpoo"], "error: unknown method 'dpoo'; valid: base, dpo, sft"),
+    (["run", "backbone=sd16"], "error: unknown backbone 'sd16'; valid: sd15, tiny-sd15"),
+    (["run", "+suite=nope"], "error: unknown suite 'nope'; valid: full, smoke"),
+    (["run", "method=sft,dpoo"], "error: unknown method 'dpoo'; valid: base, dpo, sft"),
+    (["run", "+method.typo=1"], "error: unknown key 'method.typo'; valid keys of method: name, beta, half"),
+    (["run", "+train.lrr=1"], "error: unknown key 'train.lrr'; valid keys of train: steps,"),
+    (["run", "+foo=1"], "error: unknown top-level key(s) ['foo']; valid:"),
+    (["run", "eval.max_prompts=0"], "error: the eval prompt set is empty (split 'eval': 0 prompts"),
+    (["run", "world.colours=[red]"], "error: the eval prompt set is empty"),
+    (["run", "eval.scorers=[gold,fidelty]"], "error: unknown scorer 'fidelty' (did you mean 'fidelity'?); valid:"),
+    (["run", "data.source=file"], "error: data.source=file needs data.path="),
+    (["run", "data.source=s3"], "error: unknown data.source 's3'; valid: world, file"),
+    (["run", "method=sft", "backbone.weights=/nonexistent"],
+     "error: no pipeline at /nonexistent (model_index.json missing); pass backbone.weights=<dir"),
+    (["frobnicate"], "error: unknown command 'frobnicate'; valid: run, pretrain, list, leaderboard"),
+])
+def test_bad_input_one_line_exit_2(args, expected, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFPREF_CACHE", str(tmp_path / "cache"))
+    code, line = run_cli(args, capsys)
+    assert code == 2
+    assert line.startswith(expected), line
+
+
+def test_list_prints_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dpo", "sft", "base", "gold", "fidelity", "aesthetic", "preference", "tiny-sd15", "sd15",
+                 "full", "smoke"):
+        assert f"  {name} " in out

@@ -1,0 +1,91 @@
+"""The whole job path at toy size: result files, shared caches, skip-if-complete, leaderboard."""
+import json
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+
+import bench.runner as runner
+from bench.results import leaderboard, write_leaderboard
+
+
+def compose_cfg(*overrides):
+    runner.register_configs()
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, tiny_pipe_dir):
+    root = tmp_path_factory.mktemp("suite")
+    common = [f"backbone.weights={tiny_pipe_dir}", f"paths.results={root / 'results'}",
+              f"paths.cache={root / 'cache'}", "data.n_pairs=12", "train.steps=2", "train.batch_size=4", "train.log_every=1",
+              "eval.max_prompts=3", "eval.seeds_per_prompt=2", "eval.n_bootstrap=200", "progress=false"]
+    dirs = {m: runner.run_job(compose_cfg(f"method={m}", *common)) for m in ("base", "sft", "dpo")}
+    return root, common, dirs
+
+
+def test_result_schema_and_scores(toy):
+    root, _, dirs = toy
+    res = json.loads((dirs["dpo"] / "result.json").read_text())
+    for key in ("job", "identity", "config", "provenance", "wall_s", "scorers", "attributes", "budget",
+                "train_history", "data"):
+        assert key in res
+    assert set(res["provenance"]) >= {"git_sha", "git_dirty", "versions", "device"}
+    assert res["provenance"]["versions"]["torch"].startswith("2.13.0")
+    assert set(res["wall_s"]) >= {"load", "sample_base", "data", "train", "sample", "score", "total"}
+    gold = res["scorers"]["gold"]
+    assert set(gold) >= {"mean", "std", "n", "higher_is_better", "tie_tolerance", "vs_base"}
+    vs = gold["vs_base"]
+    assert vs["wins"] + vs["ties"] + vs["losses"] == 6 and vs["n_prompts"] == 3
+    assert vs["ci_low"] <= vs["win_rate"] <= vs["ci_high"]
+    assert res["budget"] == {"steps": 2, "batch_size": 4, "examples": 8}
+    assert res["train_history"][0]["loss"] == pytest.approx(0.6931, abs=1e-4)
+    scores = pd.read_parquet(dirs["dpo"] / "scores.parquet")
+    assert len(scores) == 6 and {"prompt_id", "seed", "gold", "base_gold", "fully_correct"} <= set(scores)
+
+
+def test_base_row_is_its_own_baseline(toy):
+    _, _, dirs = toy
+    res = json.loads((dirs["base"] / "result.json").read_text())
+    for sc in res["scorers"].values():
+        assert sc["vs_base"]["win_rate"] == 0.5 and sc["vs_base"]["ties"] == 6
+    assert res["attributes"]["model"] == res["attributes"]["base"]
+
+
+def test_base_samples_and_preferences_are_shared(toy):
+    root, _, _ = toy
+    assert len(list((root / "cache" / "samples").glob("*.safetensors"))) == 1
+    assert len(list((root / "cache" / "preferences").glob("*.parquet"))) == 1
+    assert not list(root.rglob("*.tmp*"))
+
+
+def test_rerun_skips_complete_jobs(toy, monkeypatch):
+    root, common, dirs = toy
+    mtime = (dirs["dpo"] / "result.json").stat().st_mtime
+
+    def no_training(*a, **k):
+        raise AssertionError("a complete job was trained again")
+    monkeypatch.setattr(runner, "train", no_training)
+    monkeypatch.setattr(runner, "generate", no_training)
+    assert runner.run_job(compose_cfg("method=dpo", *common)) == dirs["dpo"]
+    assert (dirs["dpo"] / "result.json").stat().st_mtime == mtime
+
+
+def test_seed_changes_the_job(toy):
+    _, common, dirs = toy
+    from bench.results import job_dir
+    cfg = compose_cfg("method=dpo", "seed=1", *common)
+    assert runner.validate(cfg) and job_dir  # composes
+    assert dirs["dpo"].name.split("-")[-1] != runner.job_hash({**dict(runner.OmegaConf.to_container(cfg)),
+                                                             "seed": 1})
+
+
+def test_leaderboard_from_result_files(toy):
+    root, _, _ = toy
+    path = write_leaderboard(root / "results")
+    df = pd.read_csv(path)
+    assert sorted(df["method"]) == ["base", "dpo", "sft"]
+    assert {"gold_win_rate", "gold_ci_low", "gold_ci_high", "gold_wtl", "fully_correct"} <= set(df.columns)
+    assert df.loc[df.method == "base", "gold_win_rate"].item() == 0.5
+    assert leaderboard(root / "results").shape[0] == 3

@@ -192,6 +192,8 @@ class TinyBackboneConfig:
     weights: str = "shipped"               # shipped | pretrain | <path to a saved pipeline>
     arch: TinyArch = field(default_factory=TinyArch)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # Tiny-model choices (no paper covers a 1.7M-parameter UNet): guidance 3.0 as in the
+    # feasibility prototype; 20 DDIM steps (the prototype used 25) to keep sampling cheap.
     guidance_scale: float = 3.0
     num_inference_steps: int = 20
 

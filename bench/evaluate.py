@@ -23,7 +23,7 @@ from bench.registry import SCORERS, BenchError
 @dataclass
 class EvalConfig:
     split: str = "eval"                 # eval prompts are held-out combinations; never tune on them
-    seeds_per_prompt: int = 4
+    seeds_per_prompt: int = 8
     max_prompts: int | None = None      # None: the whole split
     batch_size: int = 64
     scorers: list[str] = field(default_factory=lambda: ["gold", "fidelity", "aesthetic", "preference"])

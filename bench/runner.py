@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,7 @@ def run_job(cfg: DictConfig) -> Path:
         "job": job_hash(plain), "backbone": backbone.name, "method": job.method.name,
         "identity": job_identity(plain), "config": plain, "provenance": provenance(),
         "wall_s": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "budget": {"steps": job.train.steps if method.feedback != "none" else 0,
                    "batch_size": job.train.batch_size,
                    "examples": job.train.steps * job.train.batch_size if method.feedback != "none" else 0},

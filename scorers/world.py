@@ -1,8 +1,13 @@
 """Shapes-world scorers: the hidden gold utility and three partly conflicting proxies.
 
 Each is a function of the judges' reading of the pixels (bench.world.judge), so it scores
-generated and rendered images alike. Scores are exact; ties are real (equal attribute sets), so
-the tie tolerance is a small absolute margin.
+generated and rendered images alike.
+
+Tie tolerance (a choice of this suite, not from a paper): each utility is a weighted count of
+attributes plus small continuous terms (colour error, sharpness, contrast). Differences below the
+tolerance are changes no rater would notice, so a pair within it counts as a tie (0.5) instead of
+a coin flip on invisible noise. The smallest attribute weight in every utility is above its
+tolerance, so any attribute change is a win or a loss.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from bench.registry import SCORERS
 class WorldScorer:
     utility: str = ""
     higher_is_better = True
-    tie_tolerance = 1e-6
+    tie_tolerance = 0.1
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1]; returns (B,) float32."""
@@ -42,6 +47,7 @@ class Fidelity(WorldScorer):
 class Aesthetic(WorldScorer):
     """Proxy: craft (sharp, clean, contrasty, few objects), blind to the prompt."""
     utility = "aesthetic"
+    tie_tolerance = 0.05      # purely continuous terms; 0.3 per extra object
 
 
 @SCORERS.register("preference")

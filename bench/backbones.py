@@ -51,20 +51,45 @@ class TinyArch:
     max_length: int = 12                    # 7 words + begin/end tokens, padded
 
 
+# Phase 1 of the shipped base weights' recipe: plain epsilon-MSE from random initialisation.
+PHASE1 = {"steps": 4000, "batch_size": 64, "lr": 1.5e-3, "warmup": 200, "weight_decay": 0.0,
+          "ema_decay": 0.999, "grad_clip": 1.0, "empty_prompt_prob": 0.1, "corpus_size": 30000,
+          "seed": 0, "eval_seeds": 4, "snr_gamma": None, "init_from": None}
+
+
 @dataclass
 class PretrainConfig:
-    """Pretraining on the defective shapes corpus (the recipe of the shipped base weights)."""
-    steps: int = 4000
+    """Pretraining on the defective shapes corpus. The defaults are phase 2 of the shipped base
+    weights' recipe: 2000 min-SNR steps on a fresh corpus (seed 1), continuing from PHASE1.
+
+    Phase 1 alone learned little conditioning: after 4000 steps a shuffled prompt raised the
+    denoising error by only ~5% at t=900 and samples were at chance on colour and background.
+    800 min-SNR steps doubled that gap (11%) (measured while building the recipe; see README).
+    """
+    steps: int = 2000
     batch_size: int = 64
-    lr: float = 1.5e-3
-    warmup: int = 200
+    lr: float = 5e-4
+    warmup: int = 50
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     empty_prompt_prob: float = 0.1          # caption dropout, for classifier-free guidance
     corpus_size: int = 30000
-    seed: int = 0
+    seed: int = 1
     eval_seeds: int = 4                     # samples per held-out eval prompt for the report
+    # Min-SNR-gamma loss weighting (Hang et al. 2023, arXiv 2303.09556; diffusers
+    # train_text_to_image.py --snr_gamma, 5.0 recommended): per-sample weight min(SNR, g)/SNR for
+    # epsilon targets. It moves the loss from low-noise detail toward the high-noise steps where
+    # the prompt decides layout and colour. None: plain MSE.
+    snr_gamma: float | None = 5.0
+    # Continue from the pipeline of another recipe (nested in this one's hash). None: from scratch.
+    init_from: dict | None = field(default_factory=lambda: dict(PHASE1))
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR_t, gamma) / SNR_t with SNR_t = abar_t / (1 - abar_t) (epsilon targets)."""
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return torch.clamp(snr, max=gamma) / snr
 
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -283,7 +308,12 @@ def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldC
     if (out / PIPELINE_DIR / "model_index.json").is_file():
         return out / PIPELINE_DIR
     torch.manual_seed(pre.seed)
-    pipe = build_tiny_sd15(arch, world_cfg.image_size, pre.seed)
+    if pre.init_from is not None:
+        first = PretrainConfig(**pre.init_from)
+        pipe = load_pipeline_dir(pretrain(name, arch, first, world_cfg, cache_dir, progress))
+        pipe.unet.train(); pipe.text_encoder.train()
+    else:
+        pipe = build_tiny_sd15(arch, world_cfg.image_size, pre.seed)
     bb = Backbone(name, pipe, world_cfg.image_size, 3.0, 20)
     images, texts = render_corpus(world_cfg, pre.corpus_size, pre.seed)
     tok = pipe.tokenizer
@@ -312,7 +342,10 @@ def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldC
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (pre.batch_size,), generator=gen)
         noisy = noise_sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=te(batch_ids)[0]).sample
-        loss = F.mse_loss(pred, bb.target(latents, noise, t))
+        per = (pred - bb.target(latents, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        if pre.snr_gamma is not None:
+            per = per * min_snr_weight(noise_sched.alphas_cumprod, t, pre.snr_gamma)
+        loss = per.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, pre.grad_clip)

@@ -121,7 +121,8 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
         ev = first["identity"]["eval"]
         row = {"backbone": first["backbone"], "method": first["method"], "config": key,
                "seeds": ",".join(str(r["identity"]["seed"]) for _, r in members),
-               "budget": first.get("budget"), "git_sha": first["provenance"]["git_sha"]}
+               **{f"budget_{k}": v for k, v in first["budget"].items()},
+               "git_sha": first["provenance"]["git_sha"]}
         for name, sc in first["scorers"].items():
             st = win_rate(df[f"{name}"], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"],
                           sc["higher_is_better"], ev["n_bootstrap"], ev["bootstrap_seed"], ev["ci"])

@@ -6,7 +6,8 @@ import torch
 from bench import world as W
 from bench.autoencoder import SpaceToDepthAutoencoder
 from bench.backbones import (ASSETS, PIPELINE_DIR, Backbone, PretrainConfig, TinyArch, build_tiny_sd15,
-                             load_pipeline_dir, load_real, make_tokenizer, pretrain, recipe, shipped_weights)
+                             load_pipeline_dir, load_real, make_tokenizer, min_snr_weight, pretrain, recipe,
+                             shipped_weights)
 from bench.registry import BenchError
 from bench.sample import generate, initial_latents
 
@@ -50,7 +51,7 @@ def test_initial_noise_depends_only_on_prompt_and_seed(tiny_arch):
 
 
 def test_short_pretraining_is_cached_and_deterministic(tmp_path, tiny_arch, tiny_pipe_dir):
-    pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2)
+    pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2, snr_gamma=None, init_from=None)
     again = pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False)
     a = load_pipeline_dir(tiny_pipe_dir).unet.state_dict()
     b = load_pipeline_dir(again).unet.state_dict()
@@ -61,6 +62,25 @@ def test_short_pretraining_is_cached_and_deterministic(tmp_path, tiny_arch, tiny
     mtime = (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
     assert pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False) == again
     assert (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime == mtime
+
+
+def test_min_snr_weight_on_hand_computed_values():
+    # abar = 10/11 -> SNR 10 -> min(10, 5)/10 = 0.5;  abar = 2/3 -> SNR 2 -> 1.0
+    ac = torch.tensor([10 / 11, 2 / 3])
+    w = min_snr_weight(ac, torch.tensor([0, 1]), gamma=5.0)
+    assert torch.allclose(w, torch.tensor([0.5, 1.0]))
+
+
+def test_two_phase_recipe_continues_from_phase_one(tmp_path, tiny_arch):
+    first = dict(steps=2, batch_size=4, corpus_size=16, warmup=1, snr_gamma=None, init_from=None)
+    second = PretrainConfig(steps=2, batch_size=4, corpus_size=16, warmup=1, snr_gamma=5.0, init_from=first, seed=1)
+    path = pretrain("tiny-sd15", tiny_arch, second, W.WorldConfig(), tmp_path, progress=False)
+    entries = sorted(p.name for p in (tmp_path / "pretrain").iterdir())
+    assert len(entries) == 2                    # phase 1 cached as its own entry
+    one = load_pipeline_dir(tmp_path / "pretrain" / [e for e in entries if e != path.parent.name][0] / "pipeline")
+    two = load_pipeline_dir(path)
+    assert not torch.equal(one.unet.conv_in.weight, two.unet.conv_in.weight)
+    assert json.loads((path.parent / "recipe.json").read_text())["pretrain"]["init_from"]["steps"] == 2
 
 
 @pytest.mark.skipif(not (ASSETS / "tiny-sd15" / "recipe.json").is_file(), reason="no shipped weights")

@@ -72,13 +72,15 @@ def test_rerun_skips_complete_jobs(toy, monkeypatch):
     assert (dirs["dpo"] / "result.json").stat().st_mtime == mtime
 
 
-def test_seed_changes_the_job(toy):
-    _, common, dirs = toy
-    from bench.results import job_dir
-    cfg = compose_cfg("method=dpo", "seed=1", *common)
-    assert runner.validate(cfg) and job_dir  # composes
-    assert dirs["dpo"].name.split("-")[-1] != runner.job_hash({**dict(runner.OmegaConf.to_container(cfg)),
-                                                             "seed": 1})
+def test_job_hash_covers_identity_only():
+    from bench.results import job_hash
+    base = {"backbone": {"name": "tiny-sd15"}, "method": {"name": "dpo", "beta": 5000.0}, "data": {},
+            "train": {"steps": 2}, "eval": {}, "world": {}, "seed": 0,
+            "paths": {"results": "a"}, "progress": True}
+    same = {**base, "paths": {"results": "elsewhere"}, "progress": False}
+    assert job_hash(base) == job_hash(same)
+    assert job_hash(base) != job_hash({**base, "seed": 1})
+    assert job_hash(base) != job_hash({**base, "method": {"name": "dpo", "beta": 2500.0}})
 
 
 def test_leaderboard_from_result_files(toy):
@@ -86,6 +88,8 @@ def test_leaderboard_from_result_files(toy):
     path = write_leaderboard(root / "results")
     df = pd.read_csv(path)
     assert sorted(df["method"]) == ["base", "dpo", "sft"]
-    assert {"gold_win_rate", "gold_ci_low", "gold_ci_high", "gold_wtl", "fully_correct"} <= set(df.columns)
+    assert {"gold_win_rate", "gold_ci_low", "gold_ci_high", "gold_wtl", "fully_correct",
+            "budget_steps", "budget_examples"} <= set(df.columns)
+    assert df.loc[df.method == "dpo", "budget_examples"].item() == 8
     assert df.loc[df.method == "base", "gold_win_rate"].item() == 0.5
     assert leaderboard(root / "results").shape[0] == 3

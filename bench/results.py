@@ -120,7 +120,7 @@ def leaderboard(results_dir: Path) -> pd.DataFrame:
         df = pd.concat(frames, ignore_index=True)
         ev = first["identity"]["eval"]
         row = {"backbone": first["backbone"], "method": first["method"], "config": key,
-               "seeds": ",".join(str(r["identity"]["seed"]) for _, r in members),
+               "seeds": ",".join(str(s) for s in sorted(r["identity"]["seed"] for _, r in members)),
                **{f"budget_{k}": v for k, v in first["budget"].items()},
                "git_sha": first["provenance"]["git_sha"]}
         for name, sc in first["scorers"].items():

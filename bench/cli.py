@@ -11,7 +11,6 @@ not extend argparse). Bad input exits with status 2 and one line on stderr.
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from bench.registry import BACKBONES, METHODS, SCORERS, BenchError
 
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
-log = logging.getLogger("bench")
 
 
 def _fail(msg: str) -> None:

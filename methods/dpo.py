@@ -8,7 +8,6 @@ trainer does both). At initialisation policy == reference, so the loss is log 2.
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from bench.registry import METHODS

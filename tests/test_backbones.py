@@ -5,7 +5,7 @@ import torch
 
 from bench import world as W
 from bench.autoencoder import SpaceToDepthAutoencoder
-from bench.backbones import (ASSETS, PIPELINE_DIR, Backbone, PretrainConfig, TinyArch, build_tiny_sd15,
+from bench.backbones import (ASSETS, Backbone, PretrainConfig, TinyArch, build_tiny_sd15,
                              load_pipeline_dir, load_real, make_tokenizer, min_snr_weight, pretrain, recipe,
                              shipped_weights)
 from bench.registry import BenchError

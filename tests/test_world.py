@@ -61,9 +61,12 @@ def test_gold_prefers_clean_and_proxies_conflict():
     wrong = W.judge(W.render(p, rng, defects=("wrong_count",)), p)
     assert W.gold_utility(clean) > W.gold_utility(wrong)
     assert W.fidelity_proxy(clean) > W.fidelity_proxy(wrong)
-    # the aesthetic proxy prefers fewer objects: it ranks a 2-object image above the correct 3
-    if wrong.n_objects < clean.n_objects:
-        assert W.aesthetic_proxy(wrong) > W.aesthetic_proxy(clean)
+    # the aesthetic proxy prefers fewer objects: for the prompt "three ...", a clean 2-object image
+    # ranks above the correct 3-object one, while fidelity and gold rank it below
+    two = W.judge(W.render(W.Prompt(2, "red", "circle", "blue"), rng), p)
+    assert (two.n_objects, clean.n_objects) == (2, 3)
+    assert W.aesthetic_proxy(two) > W.aesthetic_proxy(clean)
+    assert W.fidelity_proxy(two) < W.fidelity_proxy(clean) and W.gold_utility(two) < W.gold_utility(clean)
 
 
 def test_annotator_labels_and_ties():

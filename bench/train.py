@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     steps: int = 300
-    batch_size: int = 16               # pairs per step for pair methods, images for image methods
+    batch_size: int = 16               # pairs per micro-batch for pair methods, images for image methods
+    # Micro-batches per optimizer step: the effective batch is batch_size x grad_accum (DiffusionDPO
+    # reaches 2048 pairs per step as 1 x 128 accumulation x 16 GPUs, launchers/sd15.sh).
+    grad_accum: int = 1
     # Measured on tiny-sd15 (full fine-tuning, 16 pairs x 300 steps): DPO at 1e-4 collapsed the
     # model (gold win rate 0.054); 1e-5 trains stably (0.506 [0.479, 0.532]). Official: 2.048e-5
     # at 2048 pairs per step.
@@ -314,6 +317,8 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
           progress: bool = True, unet=None):
     """Fine-tune backbone.unet (or `unet`) with the method; returns (policy unet, history of
     logged metrics)."""
+    if cfg.grad_accum < 1:
+        raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
     data = method.prepare(backbone, data, cfg, seed, progress)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -333,30 +338,18 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     history, window, t0 = [], [], time.time()
     bar = tqdm(range(cfg.steps), desc=f"train {type(method).__name__}", disable=not progress, mininterval=2)
     for step in bar:
-        b = next(batches)
-        caps = list(b.captions)
-        n_groups = len(caps) // 2 if b.paired else len(caps)
-        drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
-        if b.paired:
-            drop = drop + drop                    # a pair keeps or drops its caption together
-        rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
-        cond = {k: v[rows] for k, v in enc.items()}
-        cond = method.condition(cond, b)
-        latents = backbone.encode_images(b.images.float() / 255.0)
-        noise, t = draw_noise(latents, b.paired, n_t, gen)
-        err = per_sample_error(backbone, unet, latents, noise, t, cond)
-        ctx = StepContext(backbone, unet, reference, latents, noise, t, cond, step)
-        ref_err = ctx.reference_errors() if method.needs_reference else None
-        loss, metrics = method.batch_loss(err, ref_err, b, ctx)
-        if not torch.isfinite(loss):
-            raise BenchError(f"loss became {loss.item()} at step {step}; lower train.lr or the method's beta")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        micro = []
+        for _ in range(cfg.grad_accum):
+            loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
+                                        caption_row, cfg, n_t, gen, step)
+            (loss / cfg.grad_accum).backward()
+            micro.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step()
         if reference is not None:
             reference.after_step(step + 1)
-        window.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
+        window.append({k: float(np.mean([m[k] for m in micro])) for k in micro[0]})
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             row = {"step": step + 1, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
                    "wall_s": time.time() - t0}
@@ -368,6 +361,27 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     if ckpt_dir is not None:
         save_checkpoint(unet, Path(ckpt_dir) / "unet.safetensors", lora=cfg.finetune == "lora")
     return unet, history
+
+
+def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, caption_row: dict,
+                cfg: TrainConfig, n_t: int, gen: torch.Generator, step: int):
+    """The method's loss on one micro-batch (caption dropout, shared noise and timesteps)."""
+    caps = list(b.captions)
+    n_groups = len(caps) // 2 if b.paired else len(caps)
+    drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
+    if b.paired:
+        drop = drop + drop                    # a pair keeps or drops its caption together
+    rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
+    cond = method.condition({k: v[rows] for k, v in enc.items()}, b)
+    latents = backbone.encode_images(b.images.float() / 255.0)
+    noise, t = draw_noise(latents, b.paired, n_t, gen)
+    err = per_sample_error(backbone, unet, latents, noise, t, cond)
+    ctx = StepContext(backbone, unet, reference, latents, noise, t, cond, step)
+    ref_err = ctx.reference_errors() if method.needs_reference else None
+    loss, metrics = method.batch_loss(err, ref_err, b, ctx)
+    if not torch.isfinite(loss):
+        raise BenchError(f"loss became {loss.item()} at step {step}; lower train.lr or the method's beta")
+    return loss, metrics
 
 
 def save_checkpoint(unet, path: Path, lora: bool) -> None:

@@ -86,3 +86,21 @@ def test_sft_trains_on_winners_only(tiny_arch):
     d = pairs()
     b = next(_batches(SFT(None), d, TrainConfig(batch_size=16), torch.Generator().manual_seed(1)))
     assert all(any(torch.equal(x, w) for w in d.winners[:-1]) for x in b.images)
+
+
+def test_grad_accum_draws_micro_batches_per_step_and_logs_their_mean(tiny_arch):
+    seen = []
+
+    class Spy(DPO):
+        def batch_loss(self, err, ref_err, batch, ctx):
+            loss, m = super().batch_loss(err, ref_err, batch, ctx)
+            seen.append((ctx.step, loss.item()))
+            return loss, m
+    bb = Backbone("x", build_tiny(tiny_arch, 32), 32, 3.0, 2)
+    cfg = TrainConfig(steps=2, batch_size=2, grad_accum=3, lr=1e-3, log_every=1)
+    _, hist = train(bb, Spy(DPOConfig()), pairs(), cfg, seed=0, progress=False)
+    assert [s for s, _ in seen] == [0, 0, 0, 1, 1, 1]
+    for h, k in zip(hist, (0, 3)):
+        assert h["loss"] == pytest.approx(sum(l for _, l in seen[k:k + 3]) / 3)
+    with pytest.raises(BenchError, match="train.grad_accum must be >= 1"):
+        train(bb, DPO(DPOConfig()), pairs(), TrainConfig(grad_accum=0), seed=0, progress=False)

@@ -32,8 +32,17 @@ IDENTITY_KEYS = ("backbone", "method", "data", "train", "eval", "world", "seed")
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "hydra-core", "numpy", "scipy", "pandas")
 
 
+# Operational settings inside identity sections that do not change what a job computes: left
+# out of its identity, so changing them neither renames a job nor makes a finished one rerun.
+NOT_IDENTITY = {"train": ("checkpoint_every",)}
+
+
 def job_identity(cfg: dict) -> dict:
-    return {k: cfg[k] for k in IDENTITY_KEYS}
+    ident = {k: cfg[k] for k in IDENTITY_KEYS}
+    for section, keys in NOT_IDENTITY.items():
+        if isinstance(ident.get(section), dict):
+            ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
+    return ident
 
 
 def job_hash(cfg: dict) -> str:

@@ -15,11 +15,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import resource
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -36,7 +40,10 @@ from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
 from bench.sample import generate
+from bench.checkpoint import RESUME_DIR
 from bench.train import TrainConfig, train
+
+WORKER_RESULT = "worker_result.json"
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,16 @@ log = logging.getLogger(__name__)
 class PathsConfig:
     results: str = "results"
     cache: str = ".cache/diffpref"
+
+
+@dataclass
+class LaunchConfig:
+    """How the training stage runs (not part of the job identity). num_processes=1: in this
+    process. N > 1: the job writes its resolved config and starts `accelerate launch
+    --num_processes N -m bench.worker` (DDP; gloo on CPU); train.batch_size stays the *global*
+    micro-batch (bench.train.train). main_process_port: 0 lets torch pick a free port."""
+    num_processes: int = 1
+    main_process_port: int = 0
 
 
 @dataclass
@@ -60,6 +77,7 @@ class RootSchema:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def register_configs() -> None:
@@ -86,6 +104,7 @@ class JobConfig:
     eval: EvalConfig
     paths: PathsConfig
     progress: bool = True
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def _check_keys(node, cls, where: str) -> None:
@@ -129,7 +148,13 @@ def validate(cfg: DictConfig) -> JobConfig:
         method=typed(cfg.method, method_cls.Config, "method"),
         world=typed(cfg.world, W.WorldConfig, "world"), data=typed(cfg.data, DataConfig, "data"),
         train=typed(cfg.train, TrainConfig, "train"), eval=typed(cfg.eval, EvalConfig, "eval"),
-        paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)))
+        paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)),
+        launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"))
+    if job.launch.num_processes < 1:
+        raise BenchError(f"launch.num_processes must be >= 1, got {job.launch.num_processes}")
+    if job.train.batch_size % job.launch.num_processes:
+        raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
+                         f"by launch.num_processes={job.launch.num_processes}")
     if job.data.source not in ("world", "file"):
         raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
     if job.data.source == "file" and not job.data.path:
@@ -161,13 +186,25 @@ def cached_images(path: Path, make) -> torch.Tensor:
         return load_file(str(path))["images"]
     images = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")    # parallel jobs may race for one entry
     save_file({"images": images.contiguous()}, str(tmp))
     tmp.replace(path)
     return images
 
 
-def run_job(cfg: DictConfig) -> Path:
+@dataclass
+class Probe:
+    """Intermediate evaluation while training (`bench tune`): after every `every`-th optimizer
+    step, the policy's win rate vs base for `scorer` on the first `n_prompts` prompts of the eval
+    set (eval.split; val when tuning) is passed to `report(step, win_rate)`, which may raise to
+    stop the job (optuna.TrialPruned). Runs only in-process (launch.num_processes=1)."""
+    every: int
+    n_prompts: int
+    scorer: str
+    report: Callable[[int, float], None]
+
+
+def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
     job = validate(cfg)
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
@@ -213,9 +250,16 @@ def run_job(cfg: DictConfig) -> Path:
                                           world=job.data.source == "world")
         times["data"] = time.time() - t
         t = time.time()
-        policy, history = train(backbone, method, data, job.train, job.seed,
-                                ckpt_dir=cache / "checkpoints" / out.name, progress=job.progress)
-        data_info.update(getattr(method, "data_info", {}))   # what the method made of its feedback
+        ckpt_dir = cache / "checkpoints" / out.name
+        if job.launch.num_processes > 1:
+            policy, history, info = train_distributed(job, plain, backbone, path, ckpt_dir)
+            data_info.update(info)
+        else:
+            callbacks = [] if probe is None else [
+                _probe_callback(job, probe, prompts, texts, seeds, base_images, sample)]
+            policy, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
+                                    progress=job.progress, callbacks=callbacks)
+            data_info.update(getattr(method, "data_info", {}))   # what the method made of its feedback
         times["train"] = time.time() - t
         t = time.time()
         images = sample(texts, seeds, unet=policy, desc=f"sample {job.method.name}")
@@ -257,12 +301,69 @@ def run_job(cfg: DictConfig) -> Path:
         "train_history": history,
     }
     write_job(out, result, df, OmegaConf.to_yaml(cfg))
+    # the job is complete: its resumable training state is no longer needed (the final policy
+    # weights stay in the checkpoint directory)
+    shutil.rmtree(cache / "checkpoints" / out.name / RESUME_DIR, ignore_errors=True)
     # a small PNG sheet (base vs this model, a few eval prompts) for the analysis' image grids
     write_sample_sheet(out, images, base_images, table["prompt_id"], texts, seeds)
     g = scorer_info.get("gold", {}).get("vs_base")
     log.info("done %s in %.0fs%s", out.name, times["total"],
              f"; gold win rate vs base {g['win_rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}]" if g else "")
     return out
+
+
+def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_images, sample):
+    """The trainer callback behind a Probe (samples and scores a small eval subset)."""
+    n = min(probe.n_prompts, len(prompts)) * job.eval.seeds_per_prompt
+    sub_texts, sub_seeds = texts[:n], seeds[:n]
+    ids = [p.id for p in prompts for _ in range(job.eval.seeds_per_prompt)][:n]
+    opts = job.eval.scorer_options
+    sc = get_scorer(probe.scorer, opts.get(probe.scorer))
+    base = score_images(base_images[:n], sub_texts, [probe.scorer], progress=False, options=opts)[probe.scorer]
+
+    class Callback:
+        every = probe.every
+
+        def __call__(self, step, unet):
+            images = sample(sub_texts, sub_seeds, unet=unet, desc=f"probe step {step}")
+            s = score_images(images, sub_texts, [probe.scorer], progress=False, options=opts)[probe.scorer]
+            st = win_rate(s.to_numpy(), base.to_numpy(), ids, sc.tie_tolerance, sc.higher_is_better,
+                          n_bootstrap=1, seed=0)
+            log.info("probe at step %d: %s win rate vs base %.3f on %d images", step, probe.scorer,
+                     st["win_rate"], n)
+            probe.report(step, st["win_rate"])
+    return Callback()
+
+
+def train_distributed(job: JobConfig, plain: dict, backbone, data_path: Path, ckpt_dir: Path):
+    """The training stage on launch.num_processes processes: write the resolved config and
+    `accelerate launch` bench.worker on it; the main worker writes the final policy weights and
+    the history, which are read back here. Returns (policy unet, history, data info)."""
+    from safetensors.torch import load_file as load
+    from bench.train import setup_policy
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    spec = ckpt_dir / "worker.yaml"
+    OmegaConf.save(OmegaConf.create({"job": plain, "data_path": str(data_path), "ckpt_dir": str(ckpt_dir),
+                                     "world": job.data.source == "world"}), spec)
+    result = ckpt_dir / WORKER_RESULT
+    result.unlink(missing_ok=True)
+    n = job.launch.num_processes
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(job.launch.main_process_port), "-m", "bench.worker", str(spec)]
+    log.info("training on %d processes: %s", n, " ".join(cmd))
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or not result.is_file():
+        raise BenchError(f"the {n} training processes failed (exit status {rc}); their log is above, "
+                         f"the worker config is {spec}")
+    info = json.loads(result.read_text())
+    policy, _ = setup_policy(backbone.unet, job.train, with_reference=False)
+    lora = job.train.finetune == "lora"
+    missing, unexpected = policy.load_state_dict(load(str(ckpt_dir / "unet.safetensors")), strict=not lora)
+    if unexpected:
+        raise BenchError(f"the workers' policy weights do not fit the model ({unexpected[0]}); delete {ckpt_dir}")
+    policy.eval()
+    return policy, info["history"], info["data_info"]
 
 
 def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:

@@ -19,7 +19,9 @@ Per-sample error, as in Diffusion-DPO's train.py: e(x) = mean over C, H, W of (p
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -31,6 +33,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from bench.checkpoint import RESUME_DIR, fingerprint, load_state, restore, save_state
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,10 @@ class TrainConfig:
     # diffusion-kto); the diffusers port uses 0. Applied to every method alike.
     empty_prompt_prob: float = 0.2
     log_every: int = 25
+    # Resumable state (policy, optimizer, LR schedule, RNG, step; bench/checkpoint.py) every N
+    # optimizer steps and at the end, into the job's checkpoint directory; a requeued job (SLURM
+    # time limit) resumes from it. 0: never. Not part of the job identity (bench.results).
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -314,11 +321,32 @@ def draw_noise(latents: torch.Tensor, paired: bool, n_timesteps: int, gen: torch
 
 
 def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir: Path | None = None,
-          progress: bool = True, unet=None):
+          progress: bool = True, unet=None, callbacks=(), accelerator=None):
     """Fine-tune backbone.unet (or `unet`) with the method; returns (policy unet, history of
-    logged metrics)."""
+    logged metrics).
+
+    ckpt_dir: the final policy weights go to <ckpt_dir>/unet.safetensors; with
+    cfg.checkpoint_every > 0 a resumable state goes to <ckpt_dir>/resume every that many steps
+    and at the end, and training resumes from it when it is there (bench/checkpoint.py).
+    callbacks: objects with `every` (steps) and `__call__(step, unet)`, called after every
+    `every`-th optimizer step under a forked RNG (they cannot change the training run); an
+    exception they raise (e.g. optuna.TrialPruned) stops training, after the checkpoint.
+    accelerator: an `accelerate.Accelerator` for data-parallel training (bench/worker.py).
+    `cfg.batch_size` is the *global* micro-batch: every process draws the same global batch
+    from the shared generator (same noise, timesteps and caption dropout as one process would)
+    and computes its loss on its 1/num_processes of the pairs or images; DDP averages the
+    gradients. So the global batch per optimizer step is batch_size x grad_accum whatever the
+    number of processes, and the run follows the 1-process run up to floating-point reduction
+    order (for losses that are means over the batch; KTO's batch-mean reference point is taken
+    per process). Only the main process writes checkpoints."""
     if cfg.grad_accum < 1:
         raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    main_process = rank == 0
+    if cfg.batch_size % world:
+        raise BenchError(f"train.batch_size={cfg.batch_size} (the global micro-batch) must be divisible by "
+                         f"launch.num_processes={world}")
     data = method.prepare(backbone, data, cfg, seed, progress)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -326,7 +354,8 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
                                    refresh=method.reference_refresh(),
                                    with_reference=method.needs_reference)
     unet.train()
-    params = [p for p in unet.parameters() if p.requires_grad] + list(method.extra_parameters())
+    extra = list(method.extra_parameters())
+    params = [p for p in unet.parameters() if p.requires_grad] + extra
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
@@ -335,16 +364,41 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     caption_row = {c: i for i, c in enumerate(captions)}
     n_t = backbone.noise_scheduler.config.num_train_timesteps
     batches = _batches(method, data, cfg, gen)
-    history, window, t0 = [], [], time.time()
-    bar = tqdm(range(cfg.steps), desc=f"train {type(method).__name__}", disable=not progress, mininterval=2)
+    history, window, start, wall0 = [], [], 0, 0.0
+    state_dir = Path(ckpt_dir) / RESUME_DIR if ckpt_dir is not None and cfg.checkpoint_every > 0 else None
+    fp = fingerprint({k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}, seed,
+                     dataclasses.asdict(method.cfg) if dataclasses.is_dataclass(method.cfg) else repr(method.cfg),
+                     len(data.captions))
+    if state_dir is not None:
+        saved = load_state(state_dir, fp)
+        if saved is not None:
+            meta, tensors = saved
+            restore(meta, tensors, unet=unet, reference=reference, extra_params=extra, opt=opt,
+                    sched=sched, gen=gen)
+            start, history, window, wall0 = meta["step"], meta["history"], meta["window"], meta["wall_s"]
+            log.info("resumed training from %s at step %d of %d", state_dir, start, cfg.steps)
+    # the batch stream is a pure function of `gen`, so the restored generator continues it
+    model = accelerator.prepare_model(unet) if world > 1 else unet     # DDP on more than one process
+    t0 = time.time() - wall0
+    bar = tqdm(range(start, cfg.steps), total=cfg.steps, initial=start, desc=f"train {type(method).__name__}",
+               disable=not progress or not main_process, mininterval=2)
     for step in bar:
         opt.zero_grad(set_to_none=True)
         micro = []
-        for _ in range(cfg.grad_accum):
-            loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
-                                        caption_row, cfg, n_t, gen, step)
-            (loss / cfg.grad_accum).backward()
+        for j in range(cfg.grad_accum):
+            sync = world == 1 or j == cfg.grad_accum - 1          # all-reduce once per optimizer step
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
+                                            caption_row, cfg, n_t, gen, step, model=model, rank=rank, world=world)
+                (loss / cfg.grad_accum).backward()
             micro.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
+        if world > 1:
+            for p in extra:                       # not inside the DDP module: average by hand
+                if p.grad is not None:
+                    p.grad.copy_(accelerator.reduce(p.grad, "mean"))
+            keys = list(micro[0])
+            vals = accelerator.reduce(torch.tensor([[m[k] for k in keys] for m in micro], dtype=torch.float64), "mean")
+            micro = [dict(zip(keys, row.tolist())) for row in vals]
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step()
         if reference is not None:
@@ -357,15 +411,43 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
             window = []
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             log.info("step %d %s", step + 1, {k: round(v, 4) for k, v in row.items() if k != "step"})
+        if state_dir is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            if main_process:
+                save_state(state_dir, step=step + 1, fp=fp, unet=unet, lora=cfg.finetune == "lora",
+                           reference=reference, extra_params=extra, opt=opt, sched=sched, gen=gen,
+                           history=history, window=window, wall_s=time.time() - t0)
+            if world > 1:
+                accelerator.wait_for_everyone()
+        for cb in callbacks:
+            if (step + 1) % cb.every == 0:
+                with torch.random.fork_rng(devices=[]):
+                    cb(step + 1, unet)
+                unet.train()
     unet.eval()
-    if ckpt_dir is not None:
+    if ckpt_dir is not None and main_process:
         save_checkpoint(unet, Path(ckpt_dir) / "unet.safetensors", lora=cfg.finetune == "lora")
     return unet, history
 
 
+def _shard(b: Batch, rank: int, world: int) -> tuple[Batch, torch.Tensor]:
+    """This process's part of a global micro-batch: groups (pairs, or single images) rank*k to
+    (rank+1)*k with k = groups / world; returns the local batch and its image rows."""
+    n = len(b.captions) // 2 if b.paired else len(b.captions)
+    k = n // world
+    g = torch.arange(rank * k, (rank + 1) * k)
+    rows = torch.cat([g, g + n]) if b.paired else g
+    return Batch(b.images[rows], [b.captions[i] for i in rows.tolist()], b.paired,
+                 labels=None if b.labels is None else b.labels[rows],
+                 weights=None if b.weights is None else b.weights[g],
+                 extra={k_: v[g] for k_, v in b.extra.items()}), rows
+
+
 def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, caption_row: dict,
-                cfg: TrainConfig, n_t: int, gen: torch.Generator, step: int):
-    """The method's loss on one micro-batch (caption dropout, shared noise and timesteps)."""
+                cfg: TrainConfig, n_t: int, gen: torch.Generator, step: int, model=None, rank: int = 0,
+                world: int = 1):
+    """The method's loss on one micro-batch (caption dropout, shared noise and timesteps). With
+    world > 1 the random draws are made for the whole global batch (as one process would), then
+    this process keeps its rows. `model` is what the policy's forward goes through (DDP)."""
     caps = list(b.captions)
     n_groups = len(caps) // 2 if b.paired else len(caps)
     drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
@@ -375,7 +457,11 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
     cond = method.condition({k: v[rows] for k, v in enc.items()}, b)
     latents = backbone.encode_images(b.images.float() / 255.0)
     noise, t = draw_noise(latents, b.paired, n_t, gen)
-    err = per_sample_error(backbone, unet, latents, noise, t, cond)
+    if world > 1:
+        b, mine = _shard(b, rank, world)
+        cond = {k: v[mine] for k, v in cond.items()}
+        latents, noise, t = latents[mine], noise[mine], t[mine]
+    err = per_sample_error(backbone, unet if model is None else model, latents, noise, t, cond)
     ctx = StepContext(backbone, unet, reference, latents, noise, t, cond, step)
     ref_err = ctx.reference_errors() if method.needs_reference else None
     loss, metrics = method.batch_loss(err, ref_err, b, ctx)

@@ -11,6 +11,11 @@
     paper NAME|SPEC.yaml [--out DIR] [overrides]
                                     run the jobs a paper/ spec still lacks (as `run` does), then
                                     regenerate its table beside the paper's numbers
+    tune +study=NAME [tune.FIELD=V ...] [overrides]
+                                    one Optuna worker on study sweeps/study/NAME.yaml (bench.tune);
+                                    start as many as you like on one storage
+    sbatch [overrides]              print the sbatch script `run [overrides]` would submit with
+                                    hydra/launcher=slurm (bench.slurm), submitting nothing
 
 Hydra owns argv for `run` and `pretrain`; the subcommand is popped first (hydra#215: Hydra does
 not extend argparse). Bad input exits with status 2 and one line on stderr.
@@ -35,8 +40,8 @@ def _fail(msg: str) -> None:
 
 
 def group_options(group: str) -> list[str]:
-    if group == "suite":
-        return sorted(p.stem for p in (SWEEPS / "suite").glob("*.yaml"))
+    if group in ("suite", "study"):
+        return sorted(p.stem for p in (SWEEPS / group).glob("*.yaml"))
     import bench.backbones  # noqa: F401
     import methods  # noqa: F401
     return {"method": METHODS, "backbone": BACKBONES}[group].names()
@@ -46,7 +51,9 @@ def check_overrides(args: list[str]) -> None:
     """Unknown config-group choices get one line naming the valid ones (before Hydra sees them)."""
     for a in args:
         key, sep, value = a.lstrip("+~").partition("=")
-        if not sep or key not in ("backbone", "method", "suite") or "(" in value:
+        if not sep or key not in ("backbone", "method", "suite", "study") or "(" in value:
+            continue
+        if key == "study" and value.endswith((".yaml", ".yml")):     # a study spec given by path
             continue
         options = group_options(key)
         for v in value.split(","):
@@ -86,11 +93,12 @@ def cmd_list() -> None:
         print(f"{reg.kind}s:")
         for name, doc in reg.describe():
             print(f"  {name:14s} {doc}")
-    print("suites:")
-    for name in group_options("suite"):
-        lines = (SWEEPS / "suite" / f"{name}.yaml").read_text().splitlines()
-        first = next((ln.lstrip("# ") for ln in lines if ln.startswith("#") and "@package" not in ln), "")
-        print(f"  {name:14s} {first}")
+    for group in ("suite", "study"):
+        print(f"{'studies' if group == 'study' else 'suites'}:")
+        for name in group_options(group):
+            lines = (SWEEPS / group / f"{name}.yaml").read_text().splitlines()
+            first = next((ln.lstrip("# ") for ln in lines if ln.startswith("#") and "@package" not in ln), "")
+            print(f"  {name:14s} {first}")
 
 
 def _subparser(prog: str, description: str):
@@ -152,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             cmd_report(rest)
         elif cmd == "paper":
             cmd_paper(rest)
+        elif cmd == "tune":
+            check_overrides(rest)
+            from bench.tune import main as tune_main
+            tune_main(rest)
+        elif cmd == "sbatch":
+            check_overrides(rest)
+            from bench.slurm import main as sbatch_main
+            sbatch_main(rest)
         elif cmd in ("run", "pretrain"):
             from bench.runner import register_configs
             register_configs()
@@ -162,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.argv.append("~hydra.callbacks.leaderboard")
             {"run": run, "pretrain": pretrain}[cmd]()
         else:
-            raise BenchError(f"unknown command {cmd!r}; valid: run, pretrain, list, leaderboard, report, paper")
+            raise BenchError(f"unknown command {cmd!r}; valid: run, pretrain, list, leaderboard, report, paper, "
+                             "tune, sbatch")
     except BenchError as e:
         _fail(str(e))
     return 0

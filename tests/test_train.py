@@ -104,3 +104,41 @@ def test_grad_accum_draws_micro_batches_per_step_and_logs_their_mean(tiny_arch):
         assert h["loss"] == pytest.approx(sum(l for _, l in seen[k:k + 3]) / 3)
     with pytest.raises(BenchError, match="train.grad_accum must be >= 1"):
         train(bb, DPO(DPOConfig()), pairs(), TrainConfig(grad_accum=0), seed=0, progress=False)
+
+
+def test_error_weights_v_cap_on_hand_values():
+    from types import SimpleNamespace
+    from bench.train import error_weights
+    abar = torch.tensor([0.5, 0.04, 0.001])
+    bb = SimpleNamespace(noise_scheduler=SimpleNamespace(alphas_cumprod=abar), prediction_type="epsilon")
+    t = torch.tensor([0, 1, 2])
+    assert error_weights(bb, t, TrainConfig()) is None          # reference: constant
+    w = error_weights(bb, t, TrainConfig(error_weighting="v_cap", error_weight_cap=100.0))
+    assert torch.allclose(w, torch.tensor([2.0, 25.0, 100.0]))   # 1/abar, capped at 100
+    bb.prediction_type = "v_prediction"                          # v error = eps error / abar
+    w = error_weights(bb, t, TrainConfig(error_weighting="v_cap", error_weight_cap=100.0))
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 0.1]))
+    with pytest.raises(BenchError, match="unknown train.error_weighting 'snr'; valid: none, v_cap"):
+        error_weights(bb, t, TrainConfig(error_weighting="snr"))
+
+
+def test_ema_policy_is_the_fixed_decay_average_of_the_iterates(tiny_arch):
+    bb = Backbone("x", build_tiny(tiny_arch, 32), 32, 3.0, 2)
+    name = "conv_in.weight"
+    w0 = bb.unet.state_dict()[name].clone()
+    raw = []
+
+    class Record:
+        every = 1
+
+        def __call__(self, step, unet):
+            raw.append(unet.state_dict()[name].clone())
+    d = 0.75
+    cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup=1, ema_decay=d, empty_prompt_prob=0.0)
+    unet, _ = train(bb, DPO(DPOConfig()), pairs(), cfg, seed=0, progress=False, callbacks=[Record()])
+    e1 = d * w0 + (1 - d) * raw[0]
+    e2 = d * e1 + (1 - d) * raw[1]
+    assert not torch.allclose(raw[1], w0)
+    assert torch.allclose(unet.state_dict()[name], e2, atol=1e-6)
+    with pytest.raises(BenchError, match=r"train.ema_decay must be in \(0, 1\)"):
+        train(bb, DPO(DPOConfig()), pairs(), TrainConfig(ema_decay=1.0), seed=0, progress=False)

@@ -339,7 +339,9 @@ def _save(fig, stem: Path) -> list[Path]:
     for ext in ("png", "pdf"):
         p = stem.with_suffix(f".{ext}")
         tmp = p.with_name(f"{p.stem}.tmp{os.getpid()}.{ext}")
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
+        # no creation date in PDFs, so a regenerated report leaves committed files byte-identical
+        meta = {"CreationDate": None} if ext == "pdf" else None
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=meta)
         os.replace(tmp, p)
         out.append(p)
     import matplotlib.pyplot as plt

@@ -332,3 +332,19 @@ def test_paper_runs_missing_jobs_through_run(in_tmp, tiny_pipe_dir, capsys):
     assert json.loads((in_tmp / "toy_base" / "summary.json").read_text())["jobs"] == [job.name]
     out = A.report(res, in_tmp / "rep")
     assert (in_tmp / "rep" / "grids" / "grid-tiny-sd15.png").is_file() and not out.problems
+
+
+def test_saved_figures_are_byte_identical_when_regenerated(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from bench.analysis import _save
+    blobs = []
+    for d, epoch in (("a", "1000000000"), ("b", "1700000000")):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)    # matplotlib dates PDFs from it
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        paths = _save(fig, tmp_path / d / "fig")
+        blobs.append([p.read_bytes() for p in paths])
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    assert blobs[0] == blobs[1]

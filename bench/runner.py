@@ -93,6 +93,15 @@ def register_configs() -> None:
         cs.store(group="backbone", name=name, node=BACKBONES.get(name).Config(name=name))
 
 
+def compose_config(overrides: list[str]):
+    """The job config that `python -m bench run <overrides>` would get, composed without the CLI
+    (for `bench tune` and tests). Hydra errors propagate."""
+    from hydra import compose, initialize_config_module
+    register_configs()
+    with initialize_config_module("bench.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 @dataclass
 class JobConfig:
     seed: int

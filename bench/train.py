@@ -321,12 +321,20 @@ class StepContext:
 ERROR_WEIGHTINGS = ("none", "v_cap")
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """The training options' values, checked before any work (one line each)."""
+    if cfg.grad_accum < 1:
+        raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
+    if cfg.error_weighting not in ERROR_WEIGHTINGS:
+        raise BenchError(f"unknown train.error_weighting {cfg.error_weighting!r}; valid: {', '.join(ERROR_WEIGHTINGS)}")
+    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+        raise BenchError(f"train.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+
+
 def error_weights(backbone, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None:
-    """w(t) per sample for `cfg.error_weighting` (None: constant 1)."""
+    """w(t) per sample for `cfg.error_weighting` (None: constant 1; check_config has checked it)."""
     if cfg.error_weighting == "none":
         return None
-    if cfg.error_weighting != "v_cap":
-        raise BenchError(f"unknown train.error_weighting {cfg.error_weighting!r}; valid: {', '.join(ERROR_WEIGHTINGS)}")
     abar = backbone.noise_scheduler.alphas_cumprod[t]
     w = torch.clamp(1 / abar, max=cfg.error_weight_cap)
     return w * abar if backbone.prediction_type == "v_prediction" else w
@@ -369,10 +377,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     number of processes, and the run follows the 1-process run up to floating-point reduction
     order (for losses that are means over the batch; KTO's batch-mean reference point is taken
     per process). Only the main process writes checkpoints."""
-    if cfg.grad_accum < 1:
-        raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
-    if cfg.error_weighting not in ERROR_WEIGHTINGS:
-        raise BenchError(f"unknown train.error_weighting {cfg.error_weighting!r}; valid: {', '.join(ERROR_WEIGHTINGS)}")
+    check_config(cfg)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     main_process = rank == 0
@@ -387,17 +392,15 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
                                    with_reference=method.needs_reference)
     unet.train()
     extra = list(method.extra_parameters())
-    params = [p for p in unet.parameters() if p.requires_grad] + extra
+    policy_params = [p for p in unet.parameters() if p.requires_grad]
+    params = policy_params + extra
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     ema = None
     if cfg.ema_decay is not None:
-        if not 0.0 < cfg.ema_decay < 1.0:
-            raise BenchError(f"train.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
         from diffusers.training_utils import EMAModel
-        ema_params = [p for p in unet.parameters() if p.requires_grad]
-        ema = EMAModel(ema_params, decay=cfg.ema_decay, min_decay=cfg.ema_decay)
+        ema = EMAModel(policy_params, decay=cfg.ema_decay, min_decay=cfg.ema_decay)
         ema.optimization_step = 1      # get_decay(step) returns 0 (a copy) for the first step otherwise
     captions = sorted(set(data.captions) | {""})
     enc = backbone.encode_prompts(captions)      # flat dict of per-caption tensors (SDXL: 3 keys)
@@ -442,7 +445,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step(); sched.step()
         if ema is not None:
-            ema.step(ema_params)
+            ema.step(policy_params)
         if reference is not None:
             reference.after_step(step + 1)
         window.append({k: float(np.mean([m[k] for m in micro])) for k in micro[0]})
@@ -466,7 +469,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
                     cb(step + 1, unet)
                 unet.train()
     if ema is not None:
-        ema.copy_to(ema_params)
+        ema.copy_to(policy_params)
     unet.eval()
     if ckpt_dir is not None and main_process:
         save_checkpoint(unet, Path(ckpt_dir) / "unet.safetensors", lora=cfg.finetune == "lora")

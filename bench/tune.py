@@ -128,11 +128,10 @@ def suggest(trial, path: str, d: dict):
 
 
 def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
+    from bench.runner import compose_config
     try:
-        with initialize_config_module("bench.conf", version_base="1.3"):
-            return compose("config", overrides=overrides)
+        return compose_config(overrides)
     except HydraException as e:
         raise BenchError(f"tune: {str(e).splitlines()[0]}") from None
 
@@ -213,8 +212,7 @@ def run_worker(spec: StudySpec, cli: list[str], progress: bool = True) -> Path:
     import optuna
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
-    from bench.runner import Probe, register_configs, run_job
-    register_configs()
+    from bench.runner import Probe, run_job
     out = Path(spec.out) if spec.out else Path("outputs") / "tune" / spec.name
     base = job_overrides(spec, cli, out)
     check(spec, base)

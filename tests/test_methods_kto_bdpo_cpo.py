@@ -425,12 +425,8 @@ def test_attribute_file_round_trips(tmp_path):
 # ----------------------------------------------------------------------------- whole jobs
 
 def compose_cfg(*overrides):
-    from hydra import compose, initialize_config_module
-
-    import bench.runner as runner
-    runner.register_configs()
-    with initialize_config_module("bench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    from bench.runner import compose_config
+    return compose_config(list(overrides))
 
 
 @pytest.fixture(scope="module")

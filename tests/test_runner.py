@@ -3,16 +3,12 @@ import json
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
-
 import bench.runner as runner
 from bench.results import leaderboard, write_leaderboard
 
 
 def compose_cfg(*overrides):
-    runner.register_configs()
-    with initialize_config_module("bench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return runner.compose_config(list(overrides))
 
 
 @pytest.fixture(scope="module")

@@ -448,11 +448,8 @@ def test_eval_checks_reject_bad_options_and_world_scorers_on_real_prompts(picksc
 # ----------------------------------------------------------------------------- one job, real eval set
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose, initialize_config_module
-    import bench.runner as runner
-    runner.register_configs()
-    with initialize_config_module("bench.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
+    from bench.runner import compose_config
+    return compose_config(list(overrides))
 
 
 def test_job_on_partiprompts_records_each_scorers_convention(tmp_path, tiny_pipe_dir, pickscore_dirs, clip_dir):

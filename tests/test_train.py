@@ -119,7 +119,7 @@ def test_error_weights_v_cap_on_hand_values():
     w = error_weights(bb, t, TrainConfig(error_weighting="v_cap", error_weight_cap=100.0))
     assert torch.allclose(w, torch.tensor([1.0, 1.0, 0.1]))
     with pytest.raises(BenchError, match="unknown train.error_weighting 'snr'; valid: none, v_cap"):
-        error_weights(bb, t, TrainConfig(error_weighting="snr"))
+        train(bb, DPO(DPOConfig()), pairs(), TrainConfig(error_weighting="snr"), seed=0, progress=False)
 
 
 def test_ema_policy_is_the_fixed_decay_average_of_the_iterates(tiny_arch):

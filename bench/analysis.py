@@ -721,14 +721,28 @@ def _sweep(spec: PaperSpec) -> tuple[list[str], dict[str, list[str]]]:
         fixed = [f"+suite={spec.jobs['suite']}"] + fixed
     else:
         params = spec.jobs.get("sweep") or {}
+    # Values expand with Hydra's own override grammar, so a spec sweeps exactly what
+    # `python -m bench run --multirun k=<value>` would: a,b,c / range(0,3) / [a],[b,c] (lists).
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    parser = OverridesParser.create()
     sweep = {}
     for k, v in params.items():
-        vals = v if isinstance(v, list) else str(v).split(",")
-        if any(ch in str(x) for x in vals for ch in "()[]{}"):
-            raise BenchError(f"paper spec {spec.name}: sweep {k}={v} uses Hydra sweep syntax this command "
-                             "cannot expand; list the values (a,b,c)")
-        sweep[k] = [str(x).strip() for x in vals]
+        text = ",".join(_hydra_value(x) for x in v) if isinstance(v, list) else str(v)
+        try:
+            ov = parser.parse_override(f"{k}={text}")
+        except HydraException as e:
+            raise BenchError(f"paper spec {spec.name}: sweep {k}={text} is not a Hydra sweep "
+                             f"({' '.join(str(e).split())[:120]}); write it as a,b,c or [a],[b]") from None
+        sweep[k] = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
     return fixed, sweep
+
+
+def _hydra_value(x) -> str:
+    """One sweep value of a spec's YAML list in Hydra override syntax (a YAML list becomes [a,b])."""
+    if isinstance(x, (list, tuple)):
+        return "[" + ",".join(_hydra_value(y) for y in x) + "]"
+    return str(x).strip()
 
 
 def check_registered(spec: PaperSpec, fixed: list[str], sweep: dict[str, list[str]]) -> None:

@@ -278,6 +278,24 @@ def test_shipped_specs_are_well_formed(spec):
         assert "which is not registered yet; registered:" in str(e)
 
 
+def test_spec_sweeps_expand_with_hydra_grammar(tmp_path):
+    """YAML lists of lists sweep list-valued keys; ranges and comma strings expand as Hydra's would."""
+    spec = write_spec(tmp_path / "lists.yaml", title="t", output={"kind": "ablation"},
+                      jobs={"overrides": ["method=balanced_dpo"],
+                            "sweep": {"method.voters": [["fidelity", "aesthetic"], ["fidelity"]],
+                                      "seed": "range(0,3)", "method.beta": "1000,5000"}})
+    fixed, sweep = A._sweep(A.load_spec(str(spec)))
+    assert fixed == ["method=balanced_dpo"]
+    assert sweep == {"method.voters": ["[fidelity,aesthetic]", "[fidelity]"], "seed": ["0", "1", "2"],
+                     "method.beta": ["1000", "5000"]}
+    dirs = A.spec_job_dirs(fixed, {"method.voters": sweep["method.voters"]}, [f"paths.results={tmp_path}"])
+    assert len(set(dirs)) == 2       # the voter lists reach the job identity
+    bad = write_spec(tmp_path / "bad.yaml", title="t", output={"kind": "ablation"},
+                     jobs={"sweep": {"seed": "range(0,"}})
+    with pytest.raises(BenchError, match=r"paper spec bad: sweep seed=range\(0, is not a Hydra sweep"):
+        A._sweep(A.load_spec(str(bad)))
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)      # Hydra's output dirs land in the test's temp dir

@@ -331,6 +331,25 @@ def test_paper_regenerates_from_existing_jobs_beside_paper_numbers(in_tmp, capsy
     assert "0 missing" in capsys.readouterr().err
 
 
+def test_paper_row_matching_several_of_our_rows_is_named_by_label(in_tmp):
+    """An ablation has several rows per method: a paper number beside 'dpo' would be ambiguous."""
+    res = in_tmp / "res"
+    runs = [fake_job(res, "base", 0, np.zeros(20), np.zeros(20)),
+            fake_job(res, "dpo", 0, outcome_column(set(range(8))), np.zeros(20), method_cfg={"beta": 1000.0}),
+            fake_job(res, "dpo", 0, outcome_column(set(range(3))), np.zeros(20), method_cfg={"beta": 5000.0})]
+    loaded = load_runs(None, [], dirs=runs)
+    paper = [{"row": "dpo", "ours": "gold", "value": 0.6, "metric": "m", "source": "s"}]
+    spec = A.load_spec(str(write_spec(in_tmp / "abl.yaml", title="t", citation="c", jobs={"sweep": {"seed": [0]}},
+                                      output={"kind": "ablation", "rows": ["dpo"]}, paper=paper)))
+    with pytest.raises(BenchError, match=r"paper row 'dpo' matches 2 rows of our table; name one of them as its "
+                                         r"row: dpo \(beta=1000\.0\); dpo \(beta=5000\.0\)"):
+        A.write_paper_output(spec, loaded, in_tmp / "out")
+    assert not (in_tmp / "out").exists()
+    spec.paper[0]["row"] = "dpo (beta=5000.0)"
+    text = A.write_paper_output(spec, loaded, in_tmp / "out").read_text()
+    assert "| dpo (beta=5000.0) | gold | 0.300 [0.000, 0.600] | 0.6 | m | s |" in text   # 3 of 10 prompts won
+
+
 def test_paper_runs_missing_jobs_through_run(in_tmp, tiny_pipe_dir, capsys):
     """The Hydra multirun path of `python -m bench run`; the second call finds the job finished.
     Also checks the runner's sample sheet and that the computed job dir is the one run_job wrote."""

@@ -895,13 +895,11 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
     kind = spec.output.get("kind", "winrate")
     tables: list[Table] = []
     ours: dict[tuple[str, str], Cell] = {}
-    labels_of: dict[str, list[str]] = {}     # spec row key -> labels of our rows it matched
     rows_wanted = spec.output.get("rows") or [m for m in lb.method.unique() if m != "base"]
     if kind in ("winrate", "ablation"):
         rows = []
         for key in rows_wanted:
             for _, r in _row(lb, key).iterrows():
-                labels_of.setdefault(key, []).append(r.label)
                 cells = [_wr_cell(r, n) for n in scorers]
                 rows.append([r.label] + cells + [Cell(r.mean_win_rate)])
                 for n, c in zip(scorers, cells):
@@ -952,7 +950,6 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
         first = True
         for key in rows_wanted:
             for _, r in _row(lb, key).iterrows():
-                labels_of.setdefault(key, []).append(r.label)
                 df = pd.concat([by_dir[d].scores for d in r.job_dirs.split(";")], ignore_index=True)
                 if first:
                     m, lo, hi, _ = prompt_bootstrap(df["base_n_negative"], df["prompt_id"], ev["n_bootstrap"],
@@ -979,10 +976,11 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
 
     beside = []
     for e in spec.paper:
-        matched = labels_of.get(str(e.get("row")), [])
-        if len(matched) > 1 and str(e.get("row")) not in matched:
-            raise BenchError(f"paper spec {spec.name}: paper row {e.get('row')!r} matches {len(matched)} rows of our "
-                             f"table; name one of them as its row: {'; '.join(matched)}")
+        hits = _row(lb, str(e.get("row")))        # the rows our table holds for it (several: ambiguous)
+        if len(hits) > 1:
+            raise BenchError(f"paper spec {spec.name}: paper row {e.get('row')!r} matches {len(hits)} rows of our "
+                             f"table; name one of them as its row: "
+                             + "; ".join(f"{r.label} on {r.backbone}" for r in hits.itertuples()))
         c = ours.get((str(e.get("row")), str(e.get("ours"))))
         v = e.get("value")
         beside.append([str(e.get("row")), str(e.get("ours")), dataclasses.replace(c, bold=False) if c else "n/a",

@@ -342,7 +342,7 @@ def test_paper_row_matching_several_of_our_rows_is_named_by_label(in_tmp):
     spec = A.load_spec(str(write_spec(in_tmp / "abl.yaml", title="t", citation="c", jobs={"sweep": {"seed": [0]}},
                                       output={"kind": "ablation", "rows": ["dpo"]}, paper=paper)))
     with pytest.raises(BenchError, match=r"paper row 'dpo' matches 2 rows of our table; name one of them as its "
-                                         r"row: dpo \(beta=1000\.0\); dpo \(beta=5000\.0\)"):
+                                         r"row: dpo \(beta=1000\.0\) on tiny-sd15; dpo \(beta=5000\.0\) on tiny-sd15"):
         A.write_paper_output(spec, loaded, in_tmp / "out")
     assert not (in_tmp / "out").exists()
     spec.paper[0]["row"] = "dpo (beta=5000.0)"

@@ -11,7 +11,8 @@ writes into OUT (default: RESULTS_DIR):
                                     where the best row's CI lies above every other row's CI
     tables/ablation-*.{md,tex}      one per (backbone, method) whose runs differ in a config key
     tables/seeds-*.{md,tex}         per-seed rows where a config ran with several seeds
-    tables/attributes.{md,tex}      shapes-world attribute rates, negative-attribute count [CI]
+    tables/attributes.{md,tex}      shapes-world attribute rates, negative-attribute count [CI], and
+                                    per attribute the images fixed / broken vs base (McNemar p)
     figures/*.{png,pdf}             win-rate bars, attribute heatmap, sensitivity curves, training curves
     grids/grid-*.{png,pdf}          base and each method side by side, same prompt and eval seed
     report.html                     all of the above on one self-contained page (images embedded)
@@ -319,7 +320,42 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
                             "+: positive attribute (higher is better); −: negative attribute (lower is better). "
                             "Negatives / image: mean count of negative attributes with its prompt-level "
                             "bootstrap CI."))
+        tables.append(attribute_change_table(bb, g, pos, neg))
     return tables
+
+
+def attribute_flips(model: np.ndarray, base: np.ndarray, positive: bool) -> tuple[int, int, float]:
+    """Paired change of one binary attribute against the base image of the same prompt and seed:
+    (fixed, broken, exact McNemar p). Fixed: bad on the base image, good on the model's (a positive
+    attribute gained, a negative one lost); broken: the reverse. The p-value is the two-sided
+    binomial test of fixed against fixed + broken at 1/2 (McNemar's exact test)."""
+    from scipy.stats import binomtest
+    m, b = np.asarray(model, bool), np.asarray(base, bool)
+    gained, lost = int((m & ~b).sum()), int((~m & b).sum())
+    fixed, broken = (gained, lost) if positive else (lost, gained)
+    return fixed, broken, (float(binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0)
+
+
+def attribute_change_table(bb: str, g: pd.DataFrame, pos: list[str], neg: list[str]) -> Table:
+    """Per config and attribute: images fixed / broken vs the base image of the same prompt and
+    seed, with McNemar's exact p. Shows whether alignment moved an attribute one way or only
+    perturbed samples both ways (rates alone cannot tell the two apart)."""
+    rows = []
+    for r in g.to_dict("records"):
+        if r["method"] == "base":
+            continue
+        df, cells, tot_f, tot_b = r["_df"], [], 0, 0
+        for a in pos + neg:
+            f, b, p = attribute_flips(df[a], df[f"base_{a}"], a in pos)
+            tot_f, tot_b = tot_f + f, tot_b + b
+            cells.append(f"{f}/{b}" + (f" (p={p:.2g})" if p < 0.05 else ""))
+        rows.append([r["label"]] + cells + [f"{tot_f}/{tot_b}", f"{len(df)}"])
+    header = ["model"] + [f"+{a}" for a in pos] + [f"−{a}" for a in neg] + ["all", "images"]
+    return Table(f"{bb}: attribute changes vs base (fixed/broken images, paired by prompt and seed)",
+                 header, rows,
+                 "fixed/broken: images whose attribute is bad in the base sample and good in the model's from the "
+                 "same prompt and seed, and the reverse; p: McNemar's exact test (two-sided binomial on "
+                 "fixed vs broken), shown where below 0.05, uncorrected for the number of cells.")
 
 
 # ----------------------------------------------------------------------------- figures

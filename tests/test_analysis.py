@@ -110,10 +110,13 @@ def rep(results, tmp_path_factory):
     return A.report(results, out)
 
 
-def md_rows(path: Path) -> dict[str, list[str]]:
+def md_rows(path: Path, table: int = 0) -> dict[str, list[str]]:
+    """Rows (first cell -> the rest) of the `table`-th Markdown table in the file."""
     rows = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("| ") and not line.startswith("| method") and not line.startswith("|---"):
+    block = path.read_text().split("### ")[table + 1]
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    for line in lines[2:]:                                   # after the header and the |---| line
+        if line.startswith("| "):
             cells = [c.strip() for c in line.strip("|").split(" | ")]
             rows[cells[0]] = cells[1:]
     return rows
@@ -166,10 +169,25 @@ def test_attribute_table_and_figures(rep):
     rows = md_rows(rep.out / "tables" / "attributes.md")
     assert rows["base (reference)"][:2] == ["0.00", "1.00"]                     # +colour_ok, −blurred
     assert rows["sft"][:2] == ["0.30", "0.70"]
+    # second table: paired fixed/broken per attribute. sft's model image is colour-correct and sharp
+    # on the 3 won prompts x 2 seeds, its base image never: 6 fixed, 0 broken, McNemar p = 2/2^6
+    flips = md_rows(rep.out / "tables" / "attributes.md", table=1)
+    assert set(flips) == {"dpo (beta=2500.0)", "dpo (beta=5000.0)", "sft"}   # base is the reference
+    assert flips["sft"] == ["6/0 (p=0.031)", "6/0 (p=0.031)", "12/0", "20"]
+    assert flips["dpo (beta=5000.0)"][:2] == ["28/0 (p=7.5e-09)", "28/0 (p=7.5e-09)"]   # seeds pooled: 14 prompts x 2
     for stem in ("winrates", "attributes", "training", "sensitivity-tiny-sd15-dpo-beta"):
         for ext in ("png", "pdf"):
             assert (rep.out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
     assert (rep.out / "grids" / "grid-tiny-sd15.png").stat().st_size > 1000
+
+
+def test_attribute_flips_hand_computed():
+    model = np.array([1, 1, 1, 0, 0, 1], bool)
+    base = np.array([0, 0, 1, 1, 0, 0], bool)         # gained at 0, 1, 5; lost at 3
+    assert A.attribute_flips(model, base, positive=True)[:2] == (3, 1)
+    assert A.attribute_flips(model, base, positive=False)[:2] == (1, 3)   # a negative attribute gained is broken
+    assert A.attribute_flips(model, base, True)[2] == pytest.approx(0.625)   # P(|X-2| >= 1), X ~ Bin(4, 1/2)
+    assert A.attribute_flips(base, base, True) == (0, 0, 1.0)
 
 
 def test_bad_result_files_named_in_one_line(results, rep, caplog):

@@ -36,7 +36,7 @@ class EvalConfig:
     prompt_set: str = "world"           # world: the split above; else a real prompt set (bench.datasets.PROMPT_SETS)
     prompt_path: str | None = None      # the prompt set's file or directory (for prompt_set != world)
     seeds_per_prompt: int = 8
-    max_prompts: int | None = None      # None: the whole split
+    max_prompts: int | None = None      # None: the whole split; else that many, spread over it (spread())
     batch_size: int = 64
     scorers: list[str] = field(default_factory=lambda: ["gold", "fidelity", "aesthetic", "preference"])
     scorer_options: dict[str, Any] = field(default_factory=dict)   # {scorer: {Config field: value}}
@@ -130,7 +130,18 @@ def eval_set(cfg: EvalConfig, world_cfg: W.WorldConfig) -> list:
     else:
         from bench.datasets import load_prompt_set
         prompts = load_prompt_set(cfg.prompt_set, cfg.prompt_path)
-    return prompts if cfg.max_prompts is None else prompts[:cfg.max_prompts]
+    return prompts if cfg.max_prompts is None else spread(prompts, cfg.max_prompts)
+
+
+def spread(items: list, n: int) -> list:
+    """`n` items evenly spaced over `items`, in order (all of them when n >= len(items)).
+
+    A subset is taken this way, not as a prefix, because prompt lists are ordered: the world's
+    splits list every one-object prompt before the two-object ones, so a prefix of a split tests
+    one count only."""
+    if n >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(max(n, 0))]
 
 
 def score_images(images: torch.Tensor, prompts: list[str], names: list[str],

@@ -35,7 +35,7 @@ from bench import world as W
 from bench.data import DataConfig, world_preferences
 from bench.feedback import load_for_method
 from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
-                            score_images, scorer_record, win_rate)
+                            score_images, scorer_record, spread, win_rate)
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
@@ -204,8 +204,8 @@ def cached_images(path: Path, make) -> torch.Tensor:
 @dataclass
 class Probe:
     """Intermediate evaluation while training (`bench tune`): after every `every`-th optimizer
-    step, the policy's win rate vs base for `scorer` on the first `n_prompts` prompts of the eval
-    set (eval.split; val when tuning) is passed to `report(step, win_rate)`, which may raise to
+    step, the policy's win rate vs base for `scorer` on `n_prompts` prompts spread over the eval
+    set (eval.split; val when tuning; bench.evaluate.spread) is passed to `report(step, win_rate)`, which may raise to
     stop the job (optuna.TrialPruned). Runs only in-process (launch.num_processes=1)."""
     every: int
     n_prompts: int
@@ -323,12 +323,14 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
 
 def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_images, sample):
     """The trainer callback behind a Probe (samples and scores a small eval subset)."""
-    n = min(probe.n_prompts, len(prompts)) * job.eval.seeds_per_prompt
-    sub_texts, sub_seeds = texts[:n], seeds[:n]
-    ids = [p.id for p in prompts for _ in range(job.eval.seeds_per_prompt)][:n]
+    per = job.eval.seeds_per_prompt
+    rows = [i * per + s for i in spread(range(len(prompts)), probe.n_prompts) for s in range(per)]
+    n = len(rows)
+    sub_texts, sub_seeds = [texts[r] for r in rows], [seeds[r] for r in rows]
+    ids = [prompts[r // per].id for r in rows]
     opts = job.eval.scorer_options
     sc = get_scorer(probe.scorer, opts.get(probe.scorer))
-    base = score_images(base_images[:n], sub_texts, [probe.scorer], progress=False, options=opts)[probe.scorer]
+    base = score_images(base_images[rows], sub_texts, [probe.scorer], progress=False, options=opts)[probe.scorer]
 
     class Callback:
         every = probe.every

@@ -13,9 +13,9 @@ that a race made one too many is marked FAIL (user attr `surplus`) and never run
 
 The objective is the job's win rate vs base for `objective` (default: the gold scorer) on the
 *validation* prompts (eval.split=val; tuning on the eval split is refused). While a trial
-trains, its policy is evaluated every `report_every` steps on the first `report_prompts` val
-prompts (bench.runner.Probe); those win rates are the trial's intermediate values, and the
-study's pruner (MedianPruner by default) stops bad trials early.
+trains, its policy is evaluated every `report_every` steps on `report_prompts` val prompts spread
+over the split, so that every count is in them (bench.runner.Probe); those win rates are the
+trial's intermediate values, and the study's pruner (MedianPruner by default) stops bad trials early.
 
 Output, in the study directory (tune.out; default outputs/tune/<study name>):
     journal.log                   the storage: `optuna-dashboard journal.log` opens it

@@ -89,3 +89,30 @@ def test_leaderboard_from_result_files(toy):
     assert df.loc[df.method == "dpo", "budget_examples"].item() == 8
     assert df.loc[df.method == "base", "gold_win_rate"].item() == 0.5
     assert leaderboard(root / "results").shape[0] == 3
+
+
+def test_probe_samples_prompts_spread_over_the_split():
+    """bench tune's intermediate evaluation: n_prompts prompts spread over the split (every count),
+    each with all its seeds, paired with the same rows of the base images."""
+    import types
+    import torch
+    from bench import world as W
+    from bench.evaluate import EvalConfig
+    prompts = W.split_prompts(W.WorldConfig())["val"]
+    per = 2
+    texts = [p.text for p in prompts for _ in range(per)]
+    seeds = [s for _ in prompts for s in range(per)]
+    base = torch.zeros(len(texts), 3, 32, 32, dtype=torch.uint8)
+    job = types.SimpleNamespace(eval=EvalConfig(seeds_per_prompt=per))
+    seen, reports = [], []
+
+    def sample(tx, sd, unet=None, desc=""):
+        seen.append((tx, sd))
+        return torch.zeros(len(tx), 3, 32, 32, dtype=torch.uint8)
+
+    probe = runner.Probe(every=1, n_prompts=3, scorer="gold", report=lambda s, w: reports.append((s, w)))
+    runner._probe_callback(job, probe, prompts, texts, seeds, base, sample)(7, None)
+    tx, sd = seen[0]
+    assert sorted({W.parse_prompt(t).count for t in tx}) == [1, 2, 3]
+    assert tx == [prompts[i].text for i in (0, 7, 14) for _ in range(per)] and sd == [0, 1] * 3
+    assert reports == [(7, 0.5)]                                # identical images: all ties

@@ -205,8 +205,9 @@ def cached_images(path: Path, make) -> torch.Tensor:
 class Probe:
     """Intermediate evaluation while training (`bench tune`): after every `every`-th optimizer
     step, the policy's win rate vs base for `scorer` on `n_prompts` prompts spread over the eval
-    set (eval.split; val when tuning; bench.evaluate.spread) is passed to `report(step, win_rate)`, which may raise to
-    stop the job (optuna.TrialPruned). Runs only in-process (launch.num_processes=1)."""
+    set (eval.split; val when tuning; bench.evaluate.spread) is passed to `report(step, win_rate)`,
+    which may raise to stop the job (optuna.TrialPruned). Runs only in-process
+    (launch.num_processes=1)."""
     every: int
     n_prompts: int
     scorer: str
@@ -325,7 +326,6 @@ def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_im
     """The trainer callback behind a Probe (samples and scores a small eval subset)."""
     per = job.eval.seeds_per_prompt
     rows = [i * per + s for i in spread(range(len(prompts)), probe.n_prompts) for s in range(per)]
-    n = len(rows)
     sub_texts, sub_seeds = [texts[r] for r in rows], [seeds[r] for r in rows]
     ids = [prompts[r // per].id for r in rows]
     opts = job.eval.scorer_options
@@ -341,7 +341,7 @@ def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_im
             st = win_rate(s.to_numpy(), base.to_numpy(), ids, sc.tie_tolerance, sc.higher_is_better,
                           n_bootstrap=1, seed=0)
             log.info("probe at step %d: %s win rate vs base %.3f on %d images", step, probe.scorer,
-                     st["win_rate"], n)
+                     st["win_rate"], len(rows))
             probe.report(step, st["win_rate"])
     return Callback()
 

@@ -7,12 +7,15 @@
 writes into OUT (default: RESULTS_DIR):
 
     leaderboard.csv                 bench.results.leaderboard: one row per (backbone, method, config)
-    tables/winrates.{md,tex}        method x scorer, win rate vs base [95% CI] in every cell; bold only
-                                    where the best row's CI lies above every other row's CI
+    tables/winrates.{md,tex}        method x scorer, win rate vs base [95% CI] in every cell (seed-aware
+                                    where a row has >= 2 training seeds; bench.statistics); bold only where
+                                    the best multi-seed row's CI lies above every other row's CI
     tables/ablation-*.{md,tex}      one per (backbone, method) whose runs differ in a config key
     tables/seeds-*.{md,tex}         per-seed rows where a config ran with several seeds
     tables/attributes.{md,tex}      shapes-world attribute rates, negative-attribute count [CI], and
-                                    per attribute the images fixed / broken vs base (McNemar p)
+                                    per attribute the images fixed / broken vs base (clustered test's p)
+    tables/power.{md,tex}           minimum detectable win-rate difference per suite design, and the
+                                    variance components it comes from (configs with >= 2 seeds)
     figures/*.{png,pdf}             win-rate bars, attribute heatmap, sensitivity curves, training curves
     grids/grid-*.{png,pdf}          base and each method side by side, same prompt and eval seed
     report.html                     all of the above on one self-contained page (images embedded)
@@ -40,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.evaluate import outcomes
+from bench import statistics as st
 from bench.registry import BenchError
-from bench.results import (SAMPLE_INDEX, SAMPLE_SHEET, Run, flat_identity, leaderboard, load_runs,
+from bench.results import (SAMPLE_INDEX, SAMPLE_SHEET, Run, config_key, flat_identity, leaderboard, load_runs, pooled_scores,
                            short_keys, varying_keys, write_leaderboard)
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,12 @@ class Cell:
     bold: bool = False
     digits: int = 3
     signed: bool = False
+    seed_aware: bool = True      # False: one training seed, the CI covers prompts only (never bold)
+    p: float | None = None       # the test's p-value against the comparison's null, where there is one
+
+    @classmethod
+    def of(cls, e: "st.Estimate", **kw) -> "Cell":
+        return cls(e.value, e.ci_low, e.ci_high, seed_aware=e.seed_aware, p=e.p, **kw)
 
     def text(self) -> tuple[str, str]:
         f = f"{{:{'+' if self.signed else ''}.{self.digits}f}}"
@@ -139,7 +148,7 @@ def best_separated(cells: list[Cell]) -> int | None:
     if len(ok) < 2 or any(cells[i].low is None or cells[i].high is None for i in ok):
         return None
     best = max(ok, key=lambda i: cells[i].value)
-    if all(cells[best].low > cells[j].high for j in ok if j != best):
+    if cells[best].seed_aware and all(cells[best].low > cells[j].high for j in ok if j != best):
         return best
     return None
 
@@ -168,15 +177,20 @@ def scorers_of(runs: list[Run]) -> list[str]:
 def _wr_cell(row: pd.Series, name: str) -> Cell:
     if f"{name}_win_rate" not in row or pd.isna(row[f"{name}_win_rate"]):
         return Cell(float("nan"))
-    return Cell(float(row[f"{name}_win_rate"]), float(row[f"{name}_ci_low"]), float(row[f"{name}_ci_high"]))
+    p = row.get(f"{name}_p")
+    return Cell(float(row[f"{name}_win_rate"]), float(row[f"{name}_ci_low"]), float(row[f"{name}_ci_high"]),
+                seed_aware=int(row.get("n_seeds", 1)) > 1, p=None if p is None or pd.isna(p) else float(p))
+
+
+CI_NOTE = ("Win rate vs base: 1 per pair won, 0.5 within the scorer's tie tolerance; averaged over eval seeds "
+           "within a prompt, then over prompts, then over training seeds. [..] = 95% CI: with >= 2 training "
+           "seeds it covers seeds and prompts (crossed random effects, t with Satterthwaite df; "
+           "bench.statistics); with one seed (seeds = 1) it covers prompts only, so that row is not a claim "
+           "about the method. Bold: best in its column over >= 2 seeds with a CI above every other row's.")
 
 
 def _ci_note(runs: list[Run]) -> str:
-    ev = runs[0].result["identity"]["eval"] if runs else {}
-    return (f"Win rate vs base: 1 per pair won, 0.5 within the scorer's tie tolerance; averaged over seeds "
-            f"within a prompt, then over prompts. [..] = {ev.get('ci', 0.95):.0%} prompt-level bootstrap CI "
-            f"({ev.get('n_bootstrap', '?')} resamples, seed {ev.get('bootstrap_seed', '?')}). Bold: best in "
-            f"its column with a CI above every other row's.")
+    return CI_NOTE
 
 
 def winrate_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
@@ -184,11 +198,80 @@ def winrate_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
     scorers = scorers_of(runs)
     tables = []
     for bb, g in lb[lb.method != "base"].groupby("backbone", sort=True):
-        rows = [[r.label] + [_wr_cell(r, n) for n in scorers] + [Cell(r.mean_win_rate), Cell(r.helm_mean_win_rate)]
-                for _, r in g.iterrows()]
-        _mark_best(rows, 1)      # the two summary columns carry no CI, so nothing is marked in them
-        tables.append(Table(f"{bb}: win rate vs base", ["method"] + scorers + ["mean", "HELM mean win rate"],
-                            rows, _ci_note(runs)))
+        rows = [[r.label, str(r.n_seeds)] + [_wr_cell(r, n) for n in scorers]
+                + [Cell(r.mean_win_rate), Cell(r.helm_mean_win_rate)] for _, r in g.iterrows()]
+        _mark_best(rows, 2)      # the two summary columns carry no CI, so nothing is marked in them
+        tables.append(Table(f"{bb}: win rate vs base", ["method", "seeds"] + scorers + ["mean", "HELM mean win rate"],
+                            rows, _ci_note(runs) + power_note(runs, bb, scorers)))
+    return tables
+
+
+# ----------------------------------------------------------------------------- power
+
+DESIGNS = ((1, 1.0, 1.0), (3, 1.0, 1.0), (5, 1.0, 1.0), (10, 1.0, 1.0), (3, 2.0, 1.0), (3, 1.0, 2.0), (3, 2.0, 0.5))
+"""(training seeds, prompts x, eval seeds x) of the power table, relative to the measured design."""
+
+
+def variance_components(runs: list[Run], backbone: str, scorers: list[str]) -> dict[str, "st.Components"]:
+    """Per scorer: the variance components of the win rate vs base, pooled (averaged) over every
+    config of `backbone` that ran with >= 2 training seeds (the base rows left out)."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.result["backbone"] == backbone and r.result["method"] != "base":
+            groups.setdefault(config_key(r.result), []).append(r)
+    out = {}
+    for n in scorers:
+        cs = []
+        for members in groups.values():
+            if len({m.seed for m in members}) < 2 or n not in members[0].result["scorers"]:
+                continue
+            df, sc = pooled_scores(members), members[0].result["scorers"][n]
+            o = st.outcomes(df[n], df[f"base_{n}"], sc["tie_tolerance"], sc["higher_is_better"])
+            cs.append(st.components(st.cells(o, df["prompt_id"], df["train_seed"])))
+        if cs:
+            out[n] = st.pool_components(cs)
+    return out
+
+
+def power_note(runs: list[Run], backbone: str, scorers: list[str]) -> str:
+    """One sentence for a win-rate table: the smallest effect its 3-seed rows detect."""
+    comps = variance_components(runs, backbone, scorers)
+    if not comps:
+        return (" Power: no config of this backbone ran with >= 2 training seeds, so the between-seed variance "
+                "is unknown and no detectable effect can be stated.")
+    c = next(iter(comps.values()))
+    p, e = c.n_prompts, int(round(c.n_eval))
+    mdes = ", ".join(f"{n} ±{st.mde(comps[n], 3, p, e):.3f}" for n in scorers if n in comps)
+    return (f" Power (80%, two-sided α = 0.05; variance components of this backbone's multi-seed configs): a row "
+            f"of 3 training seeds x {p} prompts x {e} eval seeds detects a win rate of 0.5 {mdes}.")
+
+
+def power_tables(runs: list[Run]) -> list[Table]:
+    """Per backbone: the minimum detectable win-rate difference of other suite designs, from the
+    variance components the committed multi-seed configs show (bench.statistics.mde)."""
+    scorers, tables = scorers_of(runs), []
+    for bb in sorted({r.result["backbone"] for r in runs}):
+        comps = variance_components(runs, bb, scorers)
+        if not comps:
+            continue
+        c0 = next(iter(comps.values()))
+        rows = []
+        for s, fp, fe in DESIGNS:
+            p, e = int(round(c0.n_prompts * fp)), max(1, int(round(c0.n_eval * fe)))
+            rows.append([str(s), str(p), str(e), str(s * p * e)]
+                        + [Cell(st.mde(comps[n], s, p, e)) if n in comps else Cell(float("nan")) for n in scorers])
+        comp_rows = [[n, f"{comps[n].seed:.5f}", f"{comps[n].prompt:.5f}", f"{comps[n].cell:.5f}", f"{comps[n].eval:.5f}"]
+                     for n in scorers if n in comps]
+        tables.append(Table(f"{bb}: minimum detectable win-rate difference (80% power, α = 0.05)",
+                            ["training seeds", "prompts", "eval seeds", "images / config"] + scorers, rows,
+                            "Smallest |win rate - 0.5| a two-sided test detects with 80% power, from the variance "
+                            "components (seed, prompt, seed x prompt, eval seed) of this backbone's configs with >= 2 "
+                            "training seeds, averaged over them (bench.statistics.mde; normal approximation). More "
+                            "training seeds shrink the seed term, which more prompts or eval seeds cannot."))
+        tables.append(Table(f"{bb}: variance components of the win rate vs base", ["scorer", "seed", "prompt",
+                            "seed x prompt", "eval seed (one image)"], comp_rows,
+                            "ANOVA moment estimates (truncated at 0) per cell of one training seed x one prompt, "
+                            "averaged over the backbone's multi-seed configs."))
     return tables
 
 
@@ -227,27 +310,42 @@ def ablation_tables(lb: pd.DataFrame, runs: list[Run]) -> list[tuple[str, Table]
             out.append((f"ablation-{bb}-{method}",
                         Table(f"{bb} / {method}: ablation over {', '.join(names[a] for a in axes)}",
                               [names[a] for a in axes] + ["seeds"] + scorers + ["mean"], rows, _ci_note(runs))))
-        multi = g[g.n_jobs > 1]
+        multi = g[g.n_seeds > 1]
         if len(multi):
             rows = []
             for _, row in multi.iterrows():
-                per_seed = []
-                for d in row.job_dirs.split(";"):
-                    res = by_dir[d].result
-                    cells = []
-                    for n in scorers:
-                        vs = res["scorers"].get(n, {}).get("vs_base")
-                        cells.append(Cell(vs["win_rate"], vs["ci_low"], vs["ci_high"]) if vs else Cell(float("nan")))
-                    per_seed.append(cells)
-                    rows.append([row.label, str(res["identity"]["seed"])] + cells)
-                rows.append([row.label, "pooled"] + [_wr_cell(row, n) for n in scorers])
-                sd = [np.std([c[i].value for c in per_seed], ddof=1) for i in range(len(scorers))]
-                rows.append([row.label, "between-seed sd"] + [Cell(v) for v in sd])
+                for m in sorted((by_dir[d] for d in row.job_dirs.split(";")), key=lambda r: r.seed):
+                    rows.append([row.label, str(m.seed)] + [_vs_base_cell([m], n) for n in scorers])
+                rows.append([row.label, "pooled (seed-aware)"] + [_wr_cell(row, n) for n in scorers])
+                rows.append([row.label, "between-seed sd"] + [Cell(float(row.get(f"{n}_seed_sd", np.nan)))
+                                                              for n in scorers])
             out.append((f"seeds-{bb}-{method}",
                         Table(f"{bb} / {method}: seeds", ["config", "seed"] + scorers, rows,
-                              "Per-seed rows: that job's own win rate vs base and CI; pooled: all seeds' pairs "
-                              "averaged within prompt; sd: spread of the per-seed win rates.")))
+                              "Per-seed rows: that training seed's own win rate vs base, CI over prompts only. "
+                              "Pooled: the estimate over seeds with the seed-aware CI (seeds and prompts "
+                              "resampled in the model; bench.statistics). sd: spread of the per-seed win rates.")))
     return out
+
+
+def vs_base(runs: list[Run], name: str) -> dict:
+    """Win rate vs base on one scorer over the given jobs of one config (seed-aware when they hold
+    several training seeds)."""
+    df, sc = pooled_scores(runs), runs[0].result["scorers"][name]
+    return st.win_rate(df[name], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"], sc["higher_is_better"],
+                       df["train_seed"], runs[0].result["identity"]["eval"].get("ci", 0.95))
+
+
+def _vs_base_cell(runs: list[Run], name: str) -> Cell:
+    if name not in runs[0].result["scorers"]:
+        return Cell(float("nan"))
+    r = vs_base(runs, name)
+    return Cell(r["win_rate"], r["ci_low"], r["ci_high"], seed_aware=r["n_seeds"] > 1, p=r["p"])
+
+
+def mean_estimate(df: pd.DataFrame, col: str, null: float | None = None) -> "st.Estimate":
+    """Mean of a per-image column (cells: training seed x prompt) with its CI."""
+    seeds = df["train_seed"] if "train_seed" in df else None
+    return st.estimate(st.cells(df[col], df["prompt_id"], seeds), null=null)
 
 
 def _sort_key(v: str):
@@ -255,17 +353,6 @@ def _sort_key(v: str):
         return (0, float(v), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(v))
-
-
-def prompt_bootstrap(values, prompt_ids, n_bootstrap: int, seed: int, ci: float) -> tuple[float, float, float, np.ndarray]:
-    """Mean over prompts of the per-prompt mean, with a percentile prompt-level bootstrap CI
-    (same resampling scheme as bench.evaluate.win_rate); also returns the bootstrap draws."""
-    per_prompt = pd.Series(np.asarray(values, float)).groupby(np.asarray(prompt_ids)).mean()
-    v = per_prompt.to_numpy()
-    rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, len(v), size=(n_bootstrap, len(v)))].mean(axis=1)
-    a = (1 - ci) / 2
-    return float(v.mean()), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), boots
 
 
 def attribute_frame(lb: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
@@ -276,7 +363,7 @@ def attribute_frame(lb: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     for bb, g in lb.groupby("backbone", sort=True):
         base_done = False
         for _, row in g.iterrows():
-            df = pd.concat([by_dir[d].scores for d in row.job_dirs.split(";")], ignore_index=True)
+            df = pooled_scores([by_dir[d] for d in row.job_dirs.split(";")])
             attrs = [a for a in ATTRIBUTES if a in df and f"base_{a}" in df]
             if not attrs:
                 continue
@@ -287,7 +374,7 @@ def attribute_frame(lb: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
                 base_done = True
             if row.method == "base":
                 continue
-            rows.append({"backbone": bb, "label": row.label, "method": row.method,
+            rows.append({"backbone": bb, "label": row.label, "method": row.method, "n_seeds": row.n_seeds,
                          **{a: float(df[a].mean()) for a in attrs}, "_df": df, "_prefix": ""})
     return pd.DataFrame(rows)
 
@@ -297,7 +384,6 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
     af = attribute_frame(lb, runs)
     if af.empty:
         return []
-    ev = runs[0].result["identity"]["eval"]
     tables = []
     for bb, g in af.groupby("backbone", sort=True):
         pos = [a for a in POSITIVE_ATTRIBUTES if a in g]
@@ -307,9 +393,7 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
             df, p = r["_df"], r["_prefix"]
             extra = []
             if f"{p}n_negative" in df:
-                m, lo, hi, _ = prompt_bootstrap(df[f"{p}n_negative"], df["prompt_id"], ev["n_bootstrap"],
-                                                ev["bootstrap_seed"], ev["ci"])
-                extra.append(Cell(m, lo, hi, digits=2))
+                extra.append(Cell.of(mean_estimate(df, f"{p}n_negative"), digits=2))
             if f"{p}fully_correct" in df:
                 extra.append(Cell(float(df[f"{p}fully_correct"].mean())))
             rows.append([r["label"]] + [Cell(r[a], digits=2) for a in pos + neg] + extra)
@@ -318,47 +402,51 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
                   + (["fully correct"] if len(rows[0]) > 2 + len(pos) + len(neg) else []))
         tables.append(Table(f"{bb}: shapes-world attributes (rate per image)", header, rows,
                             "+: positive attribute (higher is better); −: negative attribute (lower is better). "
-                            "Negatives / image: mean count of negative attributes with its prompt-level "
-                            "bootstrap CI."))
+                            "Negatives / image: mean count of negative attributes with its 95% CI (seed-aware "
+                            "where the row pools >= 2 training seeds; bench.statistics)."))
         tables.append(attribute_change_table(bb, g, pos, neg))
     return tables
 
 
-def attribute_flips(model: np.ndarray, base: np.ndarray, positive: bool) -> tuple[int, int, float]:
+def attribute_flips(model, base, positive: bool, prompt_ids, train_seeds=None) -> tuple[int, int, float]:
     """Paired change of one binary attribute against the base image of the same prompt and seed:
-    (fixed, broken, exact McNemar p). Fixed: bad on the base image, good on the model's (a positive
-    attribute gained, a negative one lost); broken: the reverse. The p-value is the two-sided
-    binomial test of fixed against fixed + broken at 1/2 (McNemar's exact test)."""
-    from scipy.stats import binomtest
-    m, b = np.asarray(model, bool), np.asarray(base, bool)
-    gained, lost = int((m & ~b).sum()), int((~m & b).sum())
-    fixed, broken = (gained, lost) if positive else (lost, gained)
-    return fixed, broken, (float(binomtest(fixed, fixed + broken, 0.5).pvalue) if fixed + broken else 1.0)
+    (fixed, broken, p). Fixed: bad on the base image, good on the model's (a positive attribute
+    gained, a negative one lost); broken: the reverse. p: the clustered equivalent of McNemar's test,
+    i.e. the test of bench.statistics on the per-image change (+1 fixed, -1 broken, 0) averaged in
+    (training seed, prompt) cells, so that images of one prompt or one trained model do not count
+    as independent evidence (1.0 when nothing changed)."""
+    fl = st.flips(model, base, positive)
+    fixed, broken = int((fl > 0).sum()), int((fl < 0).sum())
+    if not fixed + broken:
+        return fixed, broken, 1.0
+    return fixed, broken, st.estimate(st.cells(fl, prompt_ids, train_seeds), null=0.0).p
 
 
 def attribute_change_table(bb: str, g: pd.DataFrame, pos: list[str], neg: list[str]) -> Table:
     """Per config and attribute: images fixed / broken vs the base image of the same prompt and
-    seed, with McNemar's exact p. Shows whether alignment moved an attribute one way or only
-    perturbed samples both ways (rates alone cannot tell the two apart)."""
+    seed, with the clustered test's p over >= 2 training seeds. Shows whether alignment moved an
+    attribute one way or only perturbed samples both ways (rates alone cannot tell the two apart)."""
     rows = []
     for r in g.to_dict("records"):
         if r["method"] == "base":
             continue
         df, cells, tot_f, tot_b = r["_df"], [], 0, 0
+        multi = r.get("n_seeds", 1) > 1
         for a in pos + neg:
-            f, b, p = attribute_flips(df[a], df[f"base_{a}"], a in pos)
+            f, b, p = attribute_flips(df[a], df[f"base_{a}"], a in pos, df["prompt_id"], df["train_seed"])
             tot_f, tot_b = tot_f + f, tot_b + b
-            cells.append(f"{f}/{b}" + (f" (p={p:.2g})" if p < 0.05 else ""))
-        rows.append([r["label"]] + cells + [f"{tot_f}/{tot_b}", f"{len(df)}"])
+            cells.append(f"{f}/{b}" + (f" (p={p:.2g})" if multi and p < st.ALPHA else ""))
+        label = r["label"] if multi else f"{r['label']} (1 seed)"
+        rows.append([label] + cells + [f"{tot_f}/{tot_b}", f"{len(df)}"])
     header = ["model"] + [f"+{a}" for a in pos] + [f"−{a}" for a in neg] + ["all", "images"]
     return Table(f"{bb}: attribute changes vs base (fixed/broken images, paired by prompt and seed)",
                  header, rows,
                  "fixed/broken: images whose attribute is bad in the base sample and good in the model's from the "
-                 "same prompt and seed, and the reverse; p: McNemar's exact test (two-sided binomial on "
-                 "fixed vs broken), shown where below 0.05, uncorrected for the number of cells.")
+                 "same prompt and seed, and the reverse; p: clustered test (per-image change +1/-1/0 averaged in "
+                 "training seed x prompt cells; seed-aware t, bench.statistics), shown where below 0.05 on rows "
+                 "with >= 2 training seeds, uncorrected for the number of cells. Rows marked (1 seed) show counts "
+                 "only.")
 
-
-# ----------------------------------------------------------------------------- figures
 
 def _plt():
     import matplotlib
@@ -644,6 +732,13 @@ def report(results_dir: Path, out: Path | None = None, prompts: list[str] | None
         rep.files.append(_write(out / "tables" / "attributes.md", "\n".join(t.markdown() for t in attr)))
         rep.files.append(_write(out / "tables" / "attributes.tex", "\n".join(t.latex() for t in attr)))
     tables += abl + [("attributes", t) for t in attr]
+    pw = power_tables(runs)
+    if pw:
+        rep.files.append(_write(out / "tables" / "power.md", "\n".join(t.markdown() for t in pw)))
+        rep.files.append(_write(out / "tables" / "power.tex", "\n".join(t.latex() for t in pw)))
+        tables += [("power", t) for t in pw]
+    else:
+        rep.notes.append("power tables skipped: no config ran with >= 2 training seeds")
 
     figs: list[tuple[str, list[Path]]] = []
     fdir = out / "figures"
@@ -684,7 +779,9 @@ def render_html(results_dir: Path, lb: pd.DataFrame, tables: list[tuple[str, Tab
                for _, r in lb.iterrows()]
     lb_table = Table("Leaderboard", ["backbone", "config", "seeds"] + [f"{n} win rate [CI] (W/T/L)" for n in scorers]
                      + ["mean win rate", "HELM mean win rate", "steps×batch", "wall s / job", "git sha"], lb_rows,
-                     "One row per (backbone, method, config), seeds pooled. HELM mean win rate: fraction of the "
+                     "One row per (backbone, method, config), training seeds pooled. CI: seed-aware (seeds and "
+                     "prompts) where a row has >= 2 seeds, prompts only where it has one; per-seed estimates, their "
+                     "spread and the tests' p-values are in leaderboard.csv. HELM mean win rate: fraction of the "
                      "other rows of the same backbone beaten on each scorer's win rate, averaged over scorers.")
     parts = [f"<h1>diffpref-bench report</h1><p>Results: <code>{html.escape(str(results_dir))}</code> · "
              f"{int(lb.n_jobs.sum())} jobs in {len(lb)} rows · git {html.escape(', '.join(sorted({str(s)[:10] for s in lb.git_sha})))}</p>"]
@@ -872,50 +969,46 @@ def _row(lb: pd.DataFrame, key: str) -> pd.DataFrame:
     return hit if len(hit) else lb[lb.method == key]
 
 
-def head_to_head(runs_a: list[Run], runs_b: list[Run], scorer: str) -> dict:
-    """Win rate of A over B on one scorer, paired by (prompt, eval seed) within matching training
-    seeds, with the same statistics as vs base."""
-    from bench.evaluate import win_rate
-    b_by_seed = {r.seed: r for r in runs_b}
-    pairs = [(a, b_by_seed[a.seed]) for a in runs_a if a.seed in b_by_seed]
-    if not pairs:
+def _common_seeds(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[Run], list[Run]]:
+    seeds = sorted({r.seed for r in runs_a} & {r.seed for r in runs_b})
+    if not seeds:
         raise BenchError(f"no training seed in common between {runs_a[0].result['method']} and "
                          f"{runs_b[0].result['method']}; run both with the same seeds")
-    merged = pd.concat([a.scores[["prompt_id", "seed", scorer]].merge(
-        b.scores[["prompt_id", "seed", scorer]], on=["prompt_id", "seed"], suffixes=("_a", "_b"))
-        for a, b in pairs], ignore_index=True)
+    return [r for r in runs_a if r.seed in seeds], [r for r in runs_b if r.seed in seeds]
+
+
+def head_to_head(runs_a: list[Run], runs_b: list[Run], scorer: str) -> dict:
+    """Win rate of A over B on one scorer, paired by (prompt, eval seed) within matching training
+    seeds, with the same statistics as vs base (seed-aware over >= 2 common seeds)."""
+    runs_a, runs_b = _common_seeds(runs_a, runs_b)
+    keys = ["train_seed", "prompt_id", "seed"]
+    merged = pooled_scores(runs_a)[keys + [scorer]].merge(pooled_scores(runs_b)[keys + [scorer]], on=keys,
+                                                          suffixes=("_a", "_b"))
     sc, ev = runs_a[0].result["scorers"][scorer], runs_a[0].result["identity"]["eval"]
-    return win_rate(merged[f"{scorer}_a"], merged[f"{scorer}_b"], merged["prompt_id"], sc["tie_tolerance"],
-                    sc["higher_is_better"], ev["n_bootstrap"], ev["bootstrap_seed"], ev["ci"])
+    return st.win_rate(merged[f"{scorer}_a"], merged[f"{scorer}_b"], merged["prompt_id"], sc["tie_tolerance"],
+                       sc["higher_is_better"], merged["train_seed"], ev.get("ci", 0.95))
 
 
-def winrate_gain(runs_a: list[Run], runs_b: list[Run], scorers: list[str]) -> dict:
-    """Gain in win rate vs base of A over B, per scorer and averaged over scorers, with a prompt-
-    level paired bootstrap CI (A's and B's per-prompt outcomes resampled together)."""
-    ev = runs_a[0].result["identity"]["eval"]
+def winrate_gain(runs_a: list[Run], runs_b: list[Run], scorers: list[str]) -> dict[str, "st.Estimate"]:
+    """Gain in win rate vs base of A over B, per scorer and averaged over scorers ("mean"): the
+    per-image difference of A's and B's outcomes against the same base image, paired on prompt,
+    eval seed and training seed (common seeds only), with the seed-aware CI and test of a zero gain."""
+    runs_a, runs_b = _common_seeds(runs_a, runs_b)
+    keys = ["train_seed", "prompt_id", "seed"]
 
-    def per_prompt(runs, name):
-        df = pd.concat([r.scores for r in runs], ignore_index=True)
-        sc = runs[0].result["scorers"][name]
-        o = outcomes(df[name].to_numpy(float), df[f"base_{name}"].to_numpy(float), sc["tie_tolerance"],
-                     sc["higher_is_better"])
-        return pd.Series(o).groupby(df["prompt_id"].to_numpy()).mean()
-    diffs = {}
-    for n in scorers:
-        a, b = per_prompt(runs_a, n), per_prompt(runs_b, n)
-        common = a.index.intersection(b.index)
-        diffs[n] = (a[common] - b[common]).sort_index()
-    prompts = sorted(set.intersection(*(set(d.index) for d in diffs.values())))
-    m = np.stack([diffs[n].reindex(prompts).to_numpy() for n in scorers], axis=1)   # prompts x scorers
-    rng = np.random.default_rng(ev["bootstrap_seed"])
-    idx = rng.integers(0, len(prompts), size=(ev["n_bootstrap"], len(prompts)))
-    boots = m[idx].mean(axis=1)          # n_bootstrap x scorers
-    a = (1 - ev["ci"]) / 2
-    out = {n: (float(m[:, j].mean()), float(np.quantile(boots[:, j], a)), float(np.quantile(boots[:, j], 1 - a)))
-           for j, n in enumerate(scorers)}
-    avg = boots.mean(axis=1)
-    out["mean"] = (float(m.mean()), float(np.quantile(avg, a)), float(np.quantile(avg, 1 - a)))
-    out["_boots_mean"] = avg
+    def frame(runs):
+        df = pooled_scores(runs)
+        out = df[keys].copy()
+        for n in scorers:
+            sc = runs[0].result["scorers"][n]
+            out[n] = st.outcomes(df[n], df[f"base_{n}"], sc["tie_tolerance"], sc["higher_is_better"])
+        return out
+    m = frame(runs_a).merge(frame(runs_b), on=keys, suffixes=("_a", "_b"))
+    d = pd.DataFrame({n: m[f"{n}_a"] - m[f"{n}_b"] for n in scorers})
+    out = {n: st.estimate(st.cells(d[n], m["prompt_id"], m["train_seed"]), null=0.0, bounds=(-1.0, 1.0))
+           for n in scorers}
+    out["mean"] = st.estimate(st.cells(d.mean(axis=1), m["prompt_id"], m["train_seed"]), null=0.0,
+                              bounds=(-1.0, 1.0))
     return out
 
 
@@ -937,26 +1030,27 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
         for key in rows_wanted:
             for _, r in _row(lb, key).iterrows():
                 cells = [_wr_cell(r, n) for n in scorers]
-                rows.append([r.label] + cells + [Cell(r.mean_win_rate)])
+                rows.append([r.label, str(r.n_seeds)] + cells + [Cell(r.mean_win_rate)])
                 for n, c in zip(scorers, cells):
                     ours[(key, n)] = ours[(r.label, n)] = c
-        _mark_best(rows, 1)
-        tables.append(Table(spec.title, ["method"] + scorers + ["mean"], rows, _ci_note(runs)))
+        _mark_best(rows, 2)
+        tables.append(Table(spec.title, ["method", "seeds"] + scorers + ["mean"], rows, _ci_note(runs)))
         for a, b in spec.output.get("versus") or []:
             ra, rb = runs_of(a), runs_of(b)
             if not ra or not rb:
                 raise BenchError(f"paper {spec.name}: versus [{a}, {b}] names a row with no jobs")
             cells = []
             for n in scorers:
-                st = head_to_head(ra, rb, n)
-                cells.append(Cell(st["win_rate"], st["ci_low"], st["ci_high"]))
+                h = head_to_head(ra, rb, n)
+                cells.append(Cell(h["win_rate"], h["ci_low"], h["ci_high"], seed_aware=h["n_seeds"] > 1, p=h["p"]))
                 ours[(f"{a} vs {b}", n)] = cells[-1]
-            tables.append(Table(f"{spec.title}: head to head", ["A vs B"] + scorers,
-                                [[f"{a} vs {b}"] + cells], "Win rate of A over B, paired by prompt and seed; "
-                                "95% prompt-level bootstrap CI."))
+            tables.append(Table(f"{spec.title}: head to head", ["A vs B", "seeds"] + scorers,
+                                [[f"{a} vs {b}", str(h["n_seeds"])] + cells],
+                                "Win rate of A over B, paired by prompt, eval seed and training seed; 95% CI "
+                                "seed-aware over >= 2 common training seeds (bench.statistics)."))
     elif kind == "gain":
         method, ref = spec.output["method"], spec.output["reference"]
-        rows, draws = [], []
+        rows, means = [], []
         for bb in sorted(lb.backbone.unique()):
             sub = lb[lb.backbone == bb]
             ra = [by_dir[d] for d in ";".join(sub[sub.method == method].job_dirs).split(";") if d]
@@ -964,49 +1058,45 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
             if not ra or not rb:
                 continue
             g = winrate_gain(ra, rb, scorers)
-            draws.append(g.pop("_boots_mean"))
-            cells = [Cell(*g[n], signed=True) for n in scorers] + [Cell(*g["mean"], signed=True)]
-            rows.append([bb] + cells)
+            means.append(g["mean"])
+            cells = [Cell.of(g[n], signed=True) for n in scorers] + [Cell.of(g["mean"], signed=True)]
+            rows.append([bb, str(g["mean"].n_seeds)] + cells)
             ours[(bb, "gain")] = cells[-1]
-        if draws:
-            ev = runs[0].result["identity"]["eval"]
-            n = min(len(d) for d in draws)
-            avg = np.mean([d[:n] for d in draws], axis=0)
-            a = (1 - ev["ci"]) / 2
-            c = Cell(float(np.mean([r[-1].value for r in rows])), float(np.quantile(avg, a)),
-                     float(np.quantile(avg, 1 - a)), signed=True)
-            rows.append(["mean over backbones"] + [Cell(float("nan"))] * len(scorers) + [c])
+        if means:
+            c = Cell.of(st.combine(means, null=0.0), signed=True)
+            rows.append(["mean over backbones", str(min(e.n_seeds for e in means))]
+                        + [Cell(float("nan"))] * len(scorers) + [c])
             ours[("mean over backbones", "gain")] = c
-        tables.append(Table(spec.title, ["backbone"] + [f"Δ {n}" for n in scorers] + ["Δ mean"], rows,
-                            f"Δ: win rate vs base of {method} minus that of {ref}; CI: paired prompt-level bootstrap."))
+        tables.append(Table(spec.title, ["backbone", "seeds"] + [f"Δ {n}" for n in scorers] + ["Δ mean"], rows,
+                            f"Δ: win rate vs base of {method} minus that of {ref}, paired on prompt, eval seed and "
+                            "training seed; 95% CI seed-aware over >= 2 common training seeds (bench.statistics); "
+                            "mean over backbones: independent backbones combined (variances add)."))
     elif kind == "attributes":
         from bench.world import NEGATIVE_ATTRIBUTES
-        ev = runs[0].result["identity"]["eval"]
         rows = []
         first = True
         for key in rows_wanted:
             for _, r in _row(lb, key).iterrows():
-                df = pd.concat([by_dir[d].scores for d in r.job_dirs.split(";")], ignore_index=True)
+                df = pooled_scores([by_dir[d] for d in r.job_dirs.split(";")])
                 if first:
-                    m, lo, hi, _ = prompt_bootstrap(df["base_n_negative"], df["prompt_id"], ev["n_bootstrap"],
-                                                    ev["bootstrap_seed"], ev["ci"])
-                    rows.append(["base (reference)", Cell(m, lo, hi, digits=2), Cell(0.0, 0.0, 0.0, digits=2, signed=True)]
+                    rows.append(["base (reference)", Cell.of(mean_estimate(df, "base_n_negative"), digits=2),
+                                 Cell(0.0, 0.0, 0.0, digits=2, signed=True)]
                                 + [Cell(float(df[f"base_{a}"].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
                     ours[("base", "n_negative")] = rows[-1][1]
                     first = False
                 if r.method == "base":
                     continue
-                m, lo, hi, _ = prompt_bootstrap(df["n_negative"], df["prompt_id"], ev["n_bootstrap"],
-                                                ev["bootstrap_seed"], ev["ci"])
-                dm, dlo, dhi, _ = prompt_bootstrap(df["n_negative"] - df["base_n_negative"], df["prompt_id"],
-                                                   ev["n_bootstrap"], ev["bootstrap_seed"], ev["ci"])
-                rows.append([r.label, Cell(m, lo, hi, digits=2), Cell(dm, dlo, dhi, digits=2, signed=True)]
+                df["_delta"] = df["n_negative"] - df["base_n_negative"]
+                rows.append([r.label, Cell.of(mean_estimate(df, "n_negative"), digits=2),
+                             Cell.of(mean_estimate(df, "_delta", null=0.0), digits=2, signed=True)]
                             + [Cell(float(df[a].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
                 ours[(key, "n_negative")] = ours[(r.label, "n_negative")] = rows[-1][1]
+                ours[(key, "n_negative_delta")] = ours[(r.label, "n_negative_delta")] = rows[-1][2]
         tables.append(Table(spec.title, ["method", "negatives / image", "Δ vs base"]
                             + [f"−{a}" for a in NEGATIVE_ATTRIBUTES], rows,
-                            "Mean count of negative attributes per image (lower is better) with a 95% prompt-level "
-                            "bootstrap CI; Δ paired with the base image of the same prompt and seed."))
+                            "Mean count of negative attributes per image (lower is better) with its 95% CI; Δ paired "
+                            "with the base image of the same prompt and seed. CIs seed-aware where a row pools >= 2 "
+                            "training seeds (bench.statistics)."))
     else:
         raise BenchError(f"paper spec {spec.name}: unknown output kind {kind!r}; valid: winrate, ablation, gain, attributes")
 
@@ -1038,7 +1128,8 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
     _write(out / "table.tex", "\n".join(t.latex() for t in tables + [beside_t]))
     summary = {"spec": spec.name, "title": spec.title, "citation": spec.citation, "jobs": [r.path.name for r in runs],
                "git_sha": shas, "wall_s": wall_s, "jobs_run": n_run,
-               "ours": {f"{k[0]}|{k[1]}": {"value": c.value, "ci_low": c.low, "ci_high": c.high}
+               "ours": {f"{k[0]}|{k[1]}": {"value": c.value, "ci_low": c.low, "ci_high": c.high, "p": c.p,
+                                            "seed_aware": c.seed_aware}
                         for k, c in ours.items()},
                "paper": spec.paper}
     _write(out / "summary.json", json.dumps(summary, indent=2, default=float))

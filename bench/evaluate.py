@@ -3,8 +3,8 @@
 Win rate of A over B for one scorer (DESIGN.md, Statistics): images are paired by (prompt, seed)
 with identical sampler, steps, guidance and resolution; a pair counts 1 if A scores higher, 0.5
 within the scorer's tie tolerance, 0 otherwise; outcomes are averaged over seeds within a prompt,
-then over prompts. The 95% CI is a percentile bootstrap over prompts (seeded); the p-value is a
-two-sided sign test on W vs L (ties excluded).
+then over prompts. The interval and the test come from bench.statistics (one job is one training
+seed: a prompt-level t interval and test; pooled seeds get the seed-aware ones in the leaderboard).
 
 Eval sets: the shapes world's held-out split (`prompt_set=world`, the default) or a real prompt
 set read from `prompt_path` (bench.datasets.PROMPT_SETS: partiprompts, drawbench,
@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
 from bench import world as W
@@ -40,38 +39,9 @@ class EvalConfig:
     batch_size: int = 64
     scorers: list[str] = field(default_factory=lambda: ["gold", "fidelity", "aesthetic", "preference"])
     scorer_options: dict[str, Any] = field(default_factory=dict)   # {scorer: {Config field: value}}
-    n_bootstrap: int = 10000
-    bootstrap_seed: int = 0
+    n_bootstrap: int = 10000            # resamples and seed of bench.statistics' bootstrap interval, where one
+    bootstrap_seed: int = 0             #   is asked for (the default interval is the t; see bench.statistics)
     ci: float = 0.95
-
-
-def outcomes(a: np.ndarray, b: np.ndarray, tie_tol: float, higher_is_better: bool = True) -> np.ndarray:
-    """Per pair: 1 if A beats B, 0.5 within tie_tol, 0 otherwise."""
-    d = (a - b) if higher_is_better else (b - a)
-    return np.where(np.abs(d) <= tie_tol, 0.5, (d > 0).astype(float))
-
-
-def win_rate(a, b, prompt_ids, tie_tol: float = 0.0, higher_is_better: bool = True,
-             n_bootstrap: int = 10000, seed: int = 0, ci: float = 0.95) -> dict:
-    """Paired win rate of A over B with W/T/L, a prompt-level bootstrap CI and a sign test."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) != len(prompt_ids):
-        raise ValueError("a, b and prompt_ids must be 1-D and of equal length (paired samples)")
-    if len(a) == 0:
-        raise BenchError("no paired samples to compare; the eval prompt set is empty")
-    o = outcomes(a, b, tie_tol, higher_is_better)
-    per_prompt = pd.Series(o).groupby(np.asarray(prompt_ids)).mean().to_numpy()
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_prompt), size=(n_bootstrap, len(per_prompt)))
-    boots = per_prompt[idx].mean(axis=1)
-    alpha = (1 - ci) / 2
-    wins, ties = int((o == 1).sum()), int((o == 0.5).sum())
-    losses = len(o) - wins - ties
-    p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
-    return {"win_rate": float(per_prompt.mean()), "ci_low": float(np.quantile(boots, alpha)),
-            "ci_high": float(np.quantile(boots, 1 - alpha)), "wins": wins, "ties": ties,
-            "losses": losses, "sign_test_p": float(p), "n_prompts": int(len(per_prompt)),
-            "n_pairs": int(len(o))}
 
 
 _BUILT: dict[str, object] = {}

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from bench.evaluate import win_rate
+from bench.statistics import win_rate
 
 log = logging.getLogger(__name__)
 IDENTITY_KEYS = ("backbone", "method", "data", "train", "eval", "world", "seed")
@@ -149,7 +149,7 @@ def load_results(results_dir: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def _config_key(res: dict) -> str:
+def config_key(res: dict) -> str:
     """Identity without the seed: jobs that differ only by seed pool into one leaderboard row."""
     ident = {k: v for k, v in res["identity"].items() if k != "seed"}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
@@ -283,23 +283,30 @@ def helm_mean_win_rate(df: pd.DataFrame, scorers: list[str]) -> pd.Series:
     return out
 
 
+def pooled_scores(runs: list[Run]) -> pd.DataFrame:
+    """The per-image scores of several jobs of one config, with their training seed (`train_seed`)."""
+    return pd.concat([r.scores.assign(train_seed=r.seed) for r in sorted(runs, key=lambda r: r.seed)],
+                     ignore_index=True)
+
+
 def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) -> pd.DataFrame:
-    """One row per (backbone, method, config), seeds pooled: each scorer's win rate vs base with
-    its 95% CI and W/T/L over all (seed, eval seed) pairs, averaged within prompt first; mean
-    scores; the mean win rate across scorers and the HELM-style mean win rate; budget, wall time
-    and git sha. Reads result files only (`runs`, or every readable job under results_dir)."""
+    """One row per (backbone, method, config), seeds pooled: each scorer's win rate vs base with its
+    95% CI (seed-aware where the config ran with >= 2 training seeds; bench.statistics), the test's
+    p-value, each seed's own estimate and their spread, and W/T/L over all (seed, eval seed) pairs;
+    mean scores; the mean win rate across scorers and the HELM-style mean win rate; budget, wall
+    time and git sha. Reads result files only (`runs`, or every readable job under results_dir)."""
     if runs is None:
         runs = load_runs(results_dir)
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(_config_key(run.result), []).append(run)
+        groups.setdefault(config_key(run.result), []).append(run)
     labels = _labels(groups)
     rows, all_scorers = [], []
     for key, members in sorted(groups.items(), key=lambda kv: (kv[1][0].result["backbone"],
                                                                kv[1][0].result["method"], labels[kv[0]])):
         members = sorted(members, key=lambda r: r.seed)
         first = members[0].result
-        df = pd.concat([m.scores for m in members], ignore_index=True)
+        df = pooled_scores(members)
         ev = first["identity"]["eval"]
         row = {"backbone": first["backbone"], "method": first["method"], "config": key,
                "seeds": ",".join(str(m.seed) for m in members),
@@ -310,13 +317,15 @@ def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) 
             if name not in all_scorers:
                 all_scorers.append(name)
             st = win_rate(df[f"{name}"], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"],
-                          sc["higher_is_better"], ev["n_bootstrap"], ev["bootstrap_seed"], ev["ci"])
+                          sc["higher_is_better"], df["train_seed"], ev["ci"])
             row.update({f"{name}_win_rate": st["win_rate"], f"{name}_ci_low": st["ci_low"],
                         f"{name}_ci_high": st["ci_high"],
                         f"{name}_wtl": f"{st['wins']}/{st['ties']}/{st['losses']}",
                         f"{name}_mean": float(df[name].mean())})
             extra.update({f"{name}_base_mean": float(df[f"base_{name}"].mean()),
-                          f"{name}_sign_p": st["sign_test_p"]})
+                          f"{name}_p": st["p"],
+                          f"{name}_per_seed": " ".join(f"{x:.3f}" for x in st["per_seed"]),
+                          f"{name}_seed_sd": st["seed_sd"]})
         if "fully_correct" in df:
             row["fully_correct"] = float(df["fully_correct"].mean())
             row["n_negative_mean"] = float(df["n_negative"].mean())
@@ -330,6 +339,9 @@ def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) 
         row["mean_win_rate"] = float(np.mean(wr)) if wr else np.nan
         row["git_dirty"] = any(bool(m.result["provenance"].get("git_dirty")) for m in members)
         row["job_dirs"] = ";".join(m.path.name for m in members)
+        # seed-aware statistics (issue 15): how many training seeds the CI covers, and what it is
+        row["n_seeds"] = len({m.seed for m in members})
+        row["ci_kind"] = "seeds x prompts" if row["n_seeds"] > 1 else "one seed: prompts only"
         rows.append(row)
     out = pd.DataFrame(rows)
     if not out.empty:

@@ -35,7 +35,8 @@ from bench import world as W
 from bench.data import DataConfig, world_preferences
 from bench.feedback import load_for_method
 from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
-                            score_images, scorer_record, spread, win_rate)
+                            score_images, scorer_record, spread)
+from bench.statistics import win_rate
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
@@ -291,7 +292,7 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
     for name in job.eval.scorers:
         sc = get_scorer(name, opts.get(name))
         st = win_rate(df[name], df[f"base_{name}"], df["prompt_id"], sc.tie_tolerance,
-                      sc.higher_is_better, job.eval.n_bootstrap, job.eval.bootstrap_seed, job.eval.ci)
+                      sc.higher_is_better, ci=job.eval.ci)
         scorer_info[name] = {**scorer_record(sc),
                              "mean": float(df[name].mean()), "std": float(df[name].std(ddof=0)),
                              "n": int(len(df)), "base_mean": float(df[f"base_{name}"].mean()),
@@ -338,8 +339,7 @@ def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_im
         def __call__(self, step, unet):
             images = sample(sub_texts, sub_seeds, unet=unet, desc=f"probe step {step}")
             s = score_images(images, sub_texts, [probe.scorer], progress=False, options=opts)[probe.scorer]
-            st = win_rate(s.to_numpy(), base.to_numpy(), ids, sc.tie_tolerance, sc.higher_is_better,
-                          n_bootstrap=1, seed=0)
+            st = win_rate(s.to_numpy(), base.to_numpy(), ids, sc.tie_tolerance, sc.higher_is_better)
             log.info("probe at step %d: %s win rate vs base %.3f on %d images", step, probe.scorer,
                      st["win_rate"], len(rows))
             probe.report(step, st["win_rate"])

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from bench import analysis as A
 from bench.cli import main
-from bench.evaluate import win_rate
+from bench.statistics import win_rate
 from bench.registry import BenchError
 from bench.results import load_runs, write_job, write_sample_sheet
 
@@ -51,7 +52,7 @@ def fake_job(root: Path, method: str, seed: int, gold: np.ndarray, aesthetic: np
                 "world": {"image_size": 8}, "seed": seed}
     scorers = {}
     for n, sc in SCORERS.items():
-        st = win_rate(df[n], df[f"base_{n}"], df["prompt_id"], sc["tie_tolerance"], True, N_BOOT, 0, 0.95)
+        st = win_rate(df[n], df[f"base_{n}"], df["prompt_id"], sc["tie_tolerance"], True)
         scorers[n] = {**sc, "mean": float(df[n].mean()), "std": 1.0, "n": len(df),
                       "base_mean": 0.0, "vs_base": st}
     result = {"job": f"{method}{seed}", "backbone": "tiny-sd15", "method": method, "identity": identity,
@@ -96,12 +97,17 @@ def results(tmp_path_factory):
     return root
 
 
-def bootstrap_ci(per_prompt, n=N_BOOT, seed=0):
-    """The documented statistic, computed here independently: percentile bootstrap over prompts."""
-    per_prompt = np.asarray(per_prompt, float)
-    idx = np.random.default_rng(seed).integers(0, len(per_prompt), size=(n, len(per_prompt)))
-    boots = per_prompt[idx].mean(axis=1)
-    return np.quantile(boots, 0.025), np.quantile(boots, 0.975)
+def one_seed_ci(per_prompt):
+    """The documented one-seed statistic, computed here by hand: t interval on the per-prompt means,
+    clipped to [0, 1]."""
+    x = np.asarray(per_prompt, float)
+    h = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return max(0.0, x.mean() - h), min(1.0, x.mean() + h)
+
+
+# dpo beta=5000 pools two seeds: the 2 x 10 matrix of tests/test_statistics.py (TWO_SEEDS), whose
+# hand-computed variance of the mean is 0.023333 on 3.965 Satterthwaite df
+DPO_VAR, DPO_DF = 0.46666667 / 20, 3.965035
 
 
 @pytest.fixture(scope="module")
@@ -125,18 +131,28 @@ def md_rows(path: Path, table: int = 0) -> dict[str, list[str]]:
 def test_winrate_table_numbers_and_cis(rep):
     rows = md_rows(rep.out / "tables" / "winrates.md")
     assert set(rows) == {"dpo (beta=2500.0)", "dpo (beta=5000.0)", "sft"}     # base is the reference, not a row
-    lo, hi = bootstrap_ci([1] * 6 + [0.5] * 2 + [0] * 2)                     # pooled per-prompt outcomes
-    assert rows["dpo (beta=5000.0)"][0] == f"0.700 [{lo:.3f}, {hi:.3f}]"
-    lo, hi = bootstrap_ci([1] * 7 + [0] * 3)
-    assert rows["dpo (beta=2500.0)"][0] == f"0.700 [{lo:.3f}, {hi:.3f}]"
-    lo, hi = bootstrap_ci([1] * 3 + [0] * 7)
-    assert rows["sft"][0] == f"0.300 [{lo:.3f}, {hi:.3f}]"
-    # best marked only where its CI separates it: aesthetic (sft 1.0 vs 0.5 ties), not gold (overlap)
-    assert rows["sft"][1] == "**1.000** [1.000, 1.000]"
-    assert rows["dpo (beta=5000.0)"][1] == "0.500 [0.500, 0.500]"
-    assert not any("**" in r[0] for r in rows.values())
+    assert [rows[k][0] for k in ("dpo (beta=5000.0)", "dpo (beta=2500.0)", "sft")] == ["2", "1", "1"]   # seeds
+    lo = 0.7 - stats.t.ppf(0.975, DPO_DF) * np.sqrt(DPO_VAR)                    # seed-aware, two seeds
+    assert rows["dpo (beta=5000.0)"][1] == f"0.700 [{lo:.3f}, 1.000]"
+    lo, hi = one_seed_ci([1] * 7 + [0] * 3)
+    assert rows["dpo (beta=2500.0)"][1] == f"0.700 [{lo:.3f}, {hi:.3f}]"
+    lo, hi = one_seed_ci([1] * 3 + [0] * 7)
+    assert rows["sft"][1] == f"0.300 [{lo:.3f}, {hi:.3f}]"
+    # sft wins every aesthetic pair, a CI separated from the dpo rows' 0.5 ties, but on one training
+    # seed: a single run is never marked as the best method
+    assert rows["sft"][2] == "1.000 [1.000, 1.000]"
+    assert rows["dpo (beta=5000.0)"][2] == "0.500 [0.500, 0.500]"
+    assert not any("**" in c for r in rows.values() for c in r)
     tex = (rep.out / "tables" / "winrates.tex").read_text()
-    assert "\\textbf{1.000} [1.000, 1.000]" in tex and "dpo (beta=5000.0)" in tex and "\\begin{tabular}" in tex
+    assert "1.000 [1.000, 1.000]" in tex and "dpo (beta=5000.0)" in tex and "\\begin{tabular}" in tex
+    assert "one seed (seeds = 1) it covers prompts only" in (rep.out / "tables" / "winrates.md").read_text()
+
+
+def test_best_is_bold_only_over_several_seeds():
+    sep = [A.Cell(0.9, 0.8, 1.0), A.Cell(0.5, 0.4, 0.6)]
+    assert A.best_separated(sep) == 0
+    assert A.best_separated([A.Cell(0.9, 0.8, 1.0, seed_aware=False), A.Cell(0.5, 0.4, 0.6)]) is None
+    assert A.best_separated([A.Cell(0.9, 0.55, 1.0), A.Cell(0.5, 0.4, 0.6)]) is None          # overlap
 
 
 def test_leaderboard_columns(rep):
@@ -145,6 +161,12 @@ def test_leaderboard_columns(rep):
     dpo = lb[lb.label == "dpo (beta=5000.0)"].iloc[0]
     assert dpo.gold_win_rate == pytest.approx(0.7) and dpo.gold_wtl == "28/0/12"
     assert dpo.seeds == "0,1" and dpo.n_jobs == 2 and dpo.budget_examples == 40
+    assert dpo.n_seeds == 2 and dpo.ci_kind == "seeds x prompts" and dpo.gold_per_seed == "0.800 0.600"
+    assert dpo.gold_seed_sd == pytest.approx(0.1414, abs=1e-4)
+    assert dpo.gold_p == pytest.approx(2 * stats.t.sf(0.2 / np.sqrt(DPO_VAR), DPO_DF), abs=1e-4)
+    assert dpo.aesthetic_p == 1.0 and "gold_sign_p" not in lb
+    sft = lb[lb.label == "sft"].iloc[0]
+    assert sft.n_seeds == 1 and sft.ci_kind == "one seed: prompts only" and np.isnan(sft.gold_seed_sd)
     assert dpo.wall_s_mean == pytest.approx(10.5) and dpo.git_sha == "0123456789abcdef"
     assert dpo.aesthetic_wtl == "0/40/0" and dpo.mean_win_rate == pytest.approx(0.6)
     # HELM mean win rate: per scorer the fraction of other rows beaten (ties 1/2), averaged
@@ -163,6 +185,8 @@ def test_ablations_over_swept_axis_and_seeds(rep):
     assert re.search(r"\| dpo \(beta=5000.0\) \| 0 \| 0\.800 \[", seeds)
     assert re.search(r"\| dpo \(beta=5000.0\) \| 1 \| 0\.600 \[", seeds)
     assert re.search(r"\| dpo \(beta=5000.0\) \| between-seed sd \| 0\.141 ", seeds)   # sd(0.8, 0.6)
+    lo = 0.7 - stats.t.ppf(0.975, DPO_DF) * np.sqrt(DPO_VAR)
+    assert f"| dpo (beta=5000.0) | pooled (seed-aware) | 0.700 [{lo:.3f}, 1.000] |" in seeds
 
 
 def test_attribute_table_and_figures(rep):
@@ -170,11 +194,15 @@ def test_attribute_table_and_figures(rep):
     assert rows["base (reference)"][:2] == ["0.00", "1.00"]                     # +colour_ok, −blurred
     assert rows["sft"][:2] == ["0.30", "0.70"]
     # second table: paired fixed/broken per attribute. sft's model image is colour-correct and sharp
-    # on the 3 won prompts x 2 seeds, its base image never: 6 fixed, 0 broken, McNemar p = 2/2^6
+    # on the 3 won prompts x 2 eval seeds, its base image never: 6 fixed, 0 broken; one training seed,
+    # so counts only (no test is shown for a single run)
     flips = md_rows(rep.out / "tables" / "attributes.md", table=1)
-    assert set(flips) == {"dpo (beta=2500.0)", "dpo (beta=5000.0)", "sft"}   # base is the reference
-    assert flips["sft"] == ["6/0 (p=0.031)", "6/0 (p=0.031)", "12/0", "20"]
-    assert flips["dpo (beta=5000.0)"][:2] == ["28/0 (p=7.5e-09)", "28/0 (p=7.5e-09)"]   # seeds pooled: 14 prompts x 2
+    assert set(flips) == {"dpo (beta=2500.0) (1 seed)", "dpo (beta=5000.0)", "sft (1 seed)"}
+    assert flips["sft (1 seed)"] == ["6/0", "6/0", "12/0", "20"]
+    # dpo beta 5000 over two seeds: the per-image change (+1 on won prompts) averaged in seed x prompt
+    # cells is TWO_SEEDS again; tested against 0: t = 0.7 / se on 3.965 df
+    p = 2 * stats.t.sf(0.7 / np.sqrt(DPO_VAR), DPO_DF)
+    assert flips["dpo (beta=5000.0)"][:2] == [f"28/0 (p={p:.2g})"] * 2 and p == pytest.approx(0.0104, abs=1e-4)
     for stem in ("winrates", "attributes", "training", "sensitivity-tiny-sd15-dpo-beta"):
         for ext in ("png", "pdf"):
             assert (rep.out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
@@ -184,10 +212,12 @@ def test_attribute_table_and_figures(rep):
 def test_attribute_flips_hand_computed():
     model = np.array([1, 1, 1, 0, 0, 1], bool)
     base = np.array([0, 0, 1, 1, 0, 0], bool)         # gained at 0, 1, 5; lost at 3
-    assert A.attribute_flips(model, base, positive=True)[:2] == (3, 1)
-    assert A.attribute_flips(model, base, positive=False)[:2] == (1, 3)   # a negative attribute gained is broken
-    assert A.attribute_flips(model, base, True)[2] == pytest.approx(0.625)   # P(|X-2| >= 1), X ~ Bin(4, 1/2)
-    assert A.attribute_flips(base, base, True) == (0, 0, 1.0)
+    ids = np.arange(6)
+    assert A.attribute_flips(model, base, True, ids)[:2] == (3, 1)
+    assert A.attribute_flips(model, base, False, ids)[:2] == (1, 3)   # a negative attribute gained is broken
+    # changes +1 +1 0 -1 0 +1 on six prompts: mean 1/3, se 1/3, t = 1 on 5 df
+    assert A.attribute_flips(model, base, True, ids)[2] == pytest.approx(2 * stats.t.sf(1.0, 5))
+    assert A.attribute_flips(base, base, True, ids) == (0, 0, 1.0)
 
 
 def test_bad_result_files_named_in_one_line(results, rep, caplog):
@@ -340,8 +370,8 @@ def test_paper_regenerates_from_existing_jobs_beside_paper_numbers(in_tmp, capsy
     fake_job(res, "dpo", 0, outcome_column(set(range(8))), np.full(20, 0.05), name=dirs[1].name)
     assert main(["paper", str(spec), *extra]) == 0
     readme = (in_tmp / "toy_dpo" / "README.md").read_text()
-    lo, hi = bootstrap_ci([1] * 8 + [0] * 2)
-    assert f"| dpo | 0.800 [{lo:.3f}, {hi:.3f}] | 0.500 [0.500, 0.500] |" in readme
+    lo, hi = one_seed_ci([1] * 8 + [0] * 2)
+    assert f"| dpo | 1 | 0.800 [{lo:.3f}, {hi:.3f}] | 0.500 [0.500, 0.500] |" in readme
     assert f"| dpo | gold | 0.800 [{lo:.3f}, {hi:.3f}] | 0.65 | human pref | Tab. 1 |" in readme
     assert "| dpo | aesthetic | 0.500 [0.500, 0.500] | not transcribed |" in readme
     summary = json.loads((in_tmp / "toy_dpo" / "summary.json").read_text())
@@ -365,7 +395,8 @@ def test_paper_row_matching_several_of_our_rows_is_named_by_label(in_tmp):
     assert not (in_tmp / "out").exists()
     spec.paper[0]["row"] = "dpo (beta=5000.0)"
     text = A.write_paper_output(spec, loaded, in_tmp / "out").read_text()
-    assert "| dpo (beta=5000.0) | gold | 0.300 [0.000, 0.600] | 0.6 | m | s |" in text   # 3 of 10 prompts won
+    lo, hi = one_seed_ci([1] * 3 + [0] * 7)                                        # 3 of 10 prompts won
+    assert f"| dpo (beta=5000.0) | gold | 0.300 [{lo:.3f}, {hi:.3f}] | 0.6 | m | s |" in text
 
 
 def test_paper_runs_missing_jobs_through_run(in_tmp, tiny_pipe_dir, capsys):

@@ -28,8 +28,8 @@ def test_sbatch_script_matches_golden(monkeypatch):
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
-    # what the golden file pins down: 18 jobs (3 backbones x 6 methods), 6 at a time, requeue signal
-    assert "#SBATCH --array=0-17%6\n" in text and "#SBATCH --signal=USR2@120\n" in text
+    # what the golden file pins down: 54 jobs (3 backbones x 6 methods x 3 seeds), 6 at a time, requeue signal
+    assert "#SBATCH --array=0-53%6\n" in text and "#SBATCH --signal=USR2@120\n" in text
     assert "#SBATCH --partition=gpu\n" in text and "#SBATCH --gpus-per-node=2\n" in text
 
 

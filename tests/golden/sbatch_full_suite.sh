@@ -2,7 +2,7 @@
 
 # Parameters
 #SBATCH --account=prefs
-#SBATCH --array=0-17%6
+#SBATCH --array=0-53%6
 #SBATCH --cpus-per-task=8
 #SBATCH --error=/shared/sweep/.submitit/%A_%a/%A_%a_0_log.err
 #SBATCH --gpus-per-node=2

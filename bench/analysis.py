@@ -484,7 +484,8 @@ def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[P
                              squeeze=False, sharey=True)
     for ax, bb in zip(axes[0], backbones):
         g = d[d.backbone == bb]
-        long = pd.DataFrame([{"scorer": n, "method": r["label"], "win_rate": r[f"{n}_win_rate"],
+        long = pd.DataFrame([{"scorer": n, "win_rate": r[f"{n}_win_rate"],
+                              "method": r["label"] if r.get("n_seeds", 1) > 1 else f"{r['label']} (1 seed)",
                               "lo": r[f"{n}_ci_low"], "hi": r[f"{n}_ci_high"]}
                              for _, r in g.iterrows() for n in scorers if f"{n}_win_rate" in r])
         hue_order = list(dict.fromkeys(long.method))
@@ -497,7 +498,7 @@ def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[P
                         fmt="none", ecolor="black", capsize=3, lw=1)
         ax.axhline(0.5, ls="--", color="grey", lw=1)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{bb}: win rate vs base (95% CI)")
+        ax.set_title(f"{bb}: win rate vs base (95% CI, seed-aware over >= 2 seeds)")
         ax.set_xlabel("scorer")
         ax.set_ylabel("win rate vs base")
         ax.legend(fontsize=7, loc="lower right")

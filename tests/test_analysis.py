@@ -167,6 +167,8 @@ def test_leaderboard_columns(rep):
     assert dpo.aesthetic_p == 1.0 and "gold_sign_p" not in lb
     sft = lb[lb.label == "sft"].iloc[0]
     assert sft.n_seeds == 1 and sft.ci_kind == "one seed: prompts only" and np.isnan(sft.gold_seed_sd)
+    # sft wins every aesthetic pair (p = 0) but on one seed: not a significant claim about the method
+    assert sft.aesthetic_p == 0.0 and not sft.aesthetic_significant and dpo.gold_significant == (dpo.gold_p < 0.05)
     assert dpo.wall_s_mean == pytest.approx(10.5) and dpo.git_sha == "0123456789abcdef"
     assert dpo.aesthetic_wtl == "0/40/0" and dpo.mean_win_rate == pytest.approx(0.6)
     # HELM mean win rate: per scorer the fraction of other rows beaten (ties 1/2), averaged

@@ -286,7 +286,7 @@ def win_rate(a, b, prompt_ids, tie_tol: float = 0.0, higher_is_better: bool = Tr
     return {"win_rate": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "p": est.p,
             "wins": wins, "ties": ties, "losses": len(o) - wins - ties, "n_prompts": est.n_prompts,
             "n_pairs": int(len(o)), "n_seeds": est.n_seeds, "per_seed": est.per_seed, "seed_sd": est.seed_sd,
-            "se": est.se, "df": est.df, "interval": est.interval}
+            "se": est.se, "df": est.df, "interval": est.interval, "significant": est.significant}
 
 
 # ----------------------------------------------------------------------------- power

@@ -241,9 +241,10 @@ def power_note(runs: list[Run], backbone: str, scorers: list[str]) -> str:
                 "is unknown and no detectable effect can be stated.")
     c = next(iter(comps.values()))
     p, e = c.n_prompts, int(round(c.n_eval))
-    mdes = ", ".join(f"{n} ±{st.mde(comps[n], 3, p, e):.3f}" for n in scorers if n in comps)
+    mdes = ", ".join(f"{n} {st.mde(comps[n], 3, p, e):.3f}" for n in scorers if n in comps)
     return (f" Power (80%, two-sided α = 0.05; variance components of this backbone's multi-seed configs): a row "
-            f"of 3 training seeds x {p} prompts x {e} eval seeds detects a win rate of 0.5 {mdes}.")
+            f"of 3 training seeds x {p} prompts x {e} eval seeds detects a win rate that differs from 0.5 by at "
+            f"least {mdes} (tables/power.md).")
 
 
 def power_tables(runs: list[Run]) -> list[Table]:
@@ -323,7 +324,7 @@ def ablation_tables(lb: pd.DataFrame, runs: list[Run]) -> list[tuple[str, Table]
                         Table(f"{bb} / {method}: seeds", ["config", "seed"] + scorers, rows,
                               "Per-seed rows: that training seed's own win rate vs base, CI over prompts only. "
                               "Pooled: the estimate over seeds with the seed-aware CI (seeds and prompts "
-                              "resampled in the model; bench.statistics). sd: spread of the per-seed win rates.")))
+                              "as crossed random effects; bench.statistics). sd: spread of the per-seed win rates.")))
     return out
 
 

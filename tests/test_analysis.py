@@ -436,3 +436,15 @@ def test_saved_figures_are_byte_identical_when_regenerated(tmp_path, monkeypatch
         blobs.append([p.read_bytes() for p in paths])
     assert [p.suffix for p in paths] == [".png", ".pdf"]
     assert blobs[0] == blobs[1]
+
+
+def test_power_table_from_multi_seed_configs(rep):
+    """Only dpo (beta=5000) has two seeds: its gold cells are the TWO_SEEDS matrix of
+    tests/test_statistics.py (each prompt's two eval seeds agree, so the eval-seed variance is 0):
+    seed (0.2 - 0.088889)/10, prompt (0.355556 - 0.088889)/2, seed x prompt 0.088889."""
+    text = (rep.out / "tables" / "power.md").read_text()
+    assert "| gold | 0.01111 | 0.13333 | 0.08889 | 0.00000 |" in text
+    var3 = 0.0111111 / 3 + 0.1333333 / 10 + 0.0888889 / 30              # 3 seeds x 10 prompts x 2 eval seeds
+    mde3 = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * np.sqrt(var3)
+    assert f"| 3 | 10 | 2 | 60 | {mde3:.3f} | 0.000 |" in text            # aesthetic: all ties, nothing varies
+    assert f"gold {mde3:.3f}, aesthetic 0.000" in (rep.out / "tables" / "winrates.md").read_text()

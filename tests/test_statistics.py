@@ -168,9 +168,10 @@ def test_simulated_truth_matches_simulation():
     assert st.simulated_truth(0.6, 0.05, 0.15, 0.05) < 0.6                    # clipping pulls it toward 0.5
 
 
-# Calibration: the variance components of the committed aesthetic win rates on tiny-sd15 (the scorer
-# with the largest seed effect; results/tables/power.md): between-seed sd .023, prompt sd .106, an
-# eval-seed noise of ties at 65% (the committed W/T/L), 3 training seeds x 54 prompts x 8 eval seeds.
+# Calibration: about the variance components of the committed aesthetic win rates on tiny-sd15 (the
+# scorer with the largest seed effect; results/tables/power.md: seed variance 0.0004-0.0005, i.e. sd
+# ~.02, prompt variance ~0.0104-0.0113, sd ~.10-.11), eval-seed noise from ties at 65% (the committed
+# W/T/L), 3 training seeds x 54 prompts x 8 eval seeds.
 CAL = dict(n_seeds=3, n_prompts=54, n_eval=8, sd_seed=0.023, sd_prompt=0.106, sd_cell=0.0)
 
 

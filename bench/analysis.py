@@ -46,7 +46,7 @@ import pandas as pd
 from bench import statistics as st
 from bench.registry import BenchError
 from bench.results import (SAMPLE_INDEX, SAMPLE_SHEET, Run, config_key, flat_identity, leaderboard, load_runs, pooled_scores,
-                           short_keys, varying_keys, write_leaderboard)
+                           short_keys, varying_keys, vs_base, write_leaderboard)
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,14 +326,6 @@ def ablation_tables(lb: pd.DataFrame, runs: list[Run]) -> list[tuple[str, Table]
                               "Pooled: the estimate over seeds with the seed-aware CI (seeds and prompts "
                               "as crossed random effects; bench.statistics). sd: spread of the per-seed win rates.")))
     return out
-
-
-def vs_base(runs: list[Run], name: str) -> dict:
-    """Win rate vs base on one scorer over the given jobs of one config (seed-aware when they hold
-    several training seeds)."""
-    df, sc = pooled_scores(runs), runs[0].result["scorers"][name]
-    return st.win_rate(df[name], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"], sc["higher_is_better"],
-                       df["train_seed"], runs[0].result["identity"]["eval"].get("ci", 0.95))
 
 
 def _vs_base_cell(runs: list[Run], name: str) -> Cell:

@@ -39,8 +39,11 @@ class EvalConfig:
     batch_size: int = 64
     scorers: list[str] = field(default_factory=lambda: ["gold", "fidelity", "aesthetic", "preference"])
     scorer_options: dict[str, Any] = field(default_factory=dict)   # {scorer: {Config field: value}}
-    n_bootstrap: int = 10000            # resamples and seed of bench.statistics' bootstrap interval, where one
-    bootstrap_seed: int = 0             #   is asked for (the default interval is the t; see bench.statistics)
+    # n_bootstrap and bootstrap_seed set the prompt bootstrap of the CIs before bench.statistics; no
+    # interval reads them now (the CI is the t interval: docs/statistics.md). They stay because they
+    # are part of every committed job's identity hash, and removing them would rename every job.
+    n_bootstrap: int = 10000
+    bootstrap_seed: int = 0
     ci: float = 0.95
 
 

@@ -289,6 +289,15 @@ def pooled_scores(runs: list[Run]) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def vs_base(runs: list[Run], name: str, df: pd.DataFrame | None = None) -> dict:
+    """Win rate vs base on one scorer over the given jobs of one config (`df`: their pooled scores,
+    if already built), seed-aware when they hold several training seeds (bench.statistics)."""
+    df = pooled_scores(runs) if df is None else df
+    sc, ev = runs[0].result["scorers"][name], runs[0].result["identity"]["eval"]
+    return win_rate(df[name], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"], sc["higher_is_better"],
+                    df["train_seed"], ev.get("ci", 0.95))
+
+
 def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) -> pd.DataFrame:
     """One row per (backbone, method, config), seeds pooled: each scorer's win rate vs base with its
     95% CI (seed-aware where the config ran with >= 2 training seeds; bench.statistics), the test's
@@ -307,17 +316,15 @@ def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) 
         members = sorted(members, key=lambda r: r.seed)
         first = members[0].result
         df = pooled_scores(members)
-        ev = first["identity"]["eval"]
         row = {"backbone": first["backbone"], "method": first["method"], "config": key,
                "seeds": ",".join(str(m.seed) for m in members),
                **{f"budget_{k}": v for k, v in first["budget"].items()},
                "git_sha": first["provenance"]["git_sha"]}
         extra = {}
-        for name, sc in first["scorers"].items():
+        for name in first["scorers"]:
             if name not in all_scorers:
                 all_scorers.append(name)
-            st = win_rate(df[f"{name}"], df[f"base_{name}"], df["prompt_id"], sc["tie_tolerance"],
-                          sc["higher_is_better"], df["train_seed"], ev["ci"])
+            st = vs_base(members, name, df)
             row.update({f"{name}_win_rate": st["win_rate"], f"{name}_ci_low": st["ci_low"],
                         f"{name}_ci_high": st["ci_high"],
                         f"{name}_wtl": f"{st['wins']}/{st['ties']}/{st['losses']}",

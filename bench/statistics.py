@@ -39,7 +39,7 @@ seeds) detects with 80% power at α = 0.05.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -175,9 +175,6 @@ class Estimate:
     def significant(self) -> bool:
         """A claim about a method: p < ALPHA over >= 2 training seeds. One seed never is."""
         return self.seed_aware and np.isfinite(self.p) and self.p < ALPHA
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def t_variance(m: np.ndarray) -> tuple[float, float]:

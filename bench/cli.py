@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             if not root.is_dir():
                 raise BenchError(f"no results directory at {root}; pass the directory that holds runs/")
             out = write_leaderboard(root)
-            print(out if out else f"no result files under {root}/runs")
+            if out is None:
+                raise BenchError(f"no readable result files under {root / 'runs'}; run a job first "
+                                 "(python -m bench run ...) or pass the directory that holds runs/")
+            print(out)
         elif cmd == "report":
             cmd_report(rest)
         elif cmd == "paper":

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -42,7 +43,7 @@ from bench.results import is_complete, job_dir, job_hash, job_identity, provenan
 from bench.results import write_sample_sheet
 from bench.sample import generate
 from bench.checkpoint import RESUME_DIR
-from bench.train import TrainConfig, train
+from bench.train import TrainConfig, check_config, train
 
 WORKER_RESULT = "worker_result.json"
 
@@ -162,6 +163,12 @@ def validate(cfg: DictConfig) -> JobConfig:
         launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"))
     if job.launch.num_processes < 1:
         raise BenchError(f"launch.num_processes must be >= 1, got {job.launch.num_processes}")
+    check_config(job.train)          # steps, batch, lr, ... before any sampling or data generation
+    beta = getattr(job.method, "beta", None)
+    if beta is not None and not (math.isfinite(beta) and beta > 0):
+        raise BenchError(f"method.beta must be a finite number > 0, got {beta}")
+    if job.data.source == "world" and job.data.n_pairs < 1:
+        raise BenchError(f"data.n_pairs must be >= 1, got {job.data.n_pairs}")
     if job.train.batch_size % job.launch.num_processes:
         raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
                          f"by launch.num_processes={job.launch.num_processes}")

@@ -19,6 +19,8 @@ Per-sample error, as in Diffusion-DPO's train.py: e(x) = mean over C, H, W of (p
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 import copy
 import dataclasses
@@ -323,6 +325,12 @@ ERROR_WEIGHTINGS = ("none", "v_cap")
 
 def check_config(cfg: TrainConfig) -> None:
     """The training options' values, checked before any work (one line each)."""
+    if cfg.steps < 1:
+        raise BenchError(f"train.steps must be >= 1, got {cfg.steps}")
+    if cfg.batch_size < 1:
+        raise BenchError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise BenchError(f"train.lr must be a finite number > 0, got {cfg.lr}")
     if cfg.grad_accum < 1:
         raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
     if cfg.error_weighting not in ERROR_WEIGHTINGS:

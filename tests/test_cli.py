@@ -39,6 +39,15 @@ def in_tmp(tmp_path, monkeypatch):
     (["run", "method=sft", "backbone.weights=/nonexistent"],
      "error: no pipeline at /nonexistent (model_index.json missing); pass backbone.weights=<dir"),
     (["frobnicate"], "error: unknown command 'frobnicate'; valid: run, pretrain, list, leaderboard"),
+    # ranges, rejected before any sampling or data generation (issue 20)
+    (["run", "method=dpo", "train.steps=0"], "error: train.steps must be >= 1, got 0"),
+    (["run", "method=dpo", "train.steps=-1"], "error: train.steps must be >= 1, got -1"),
+    (["run", "method=dpo", "train.batch_size=0"], "error: train.batch_size must be >= 1, got 0"),
+    (["run", "method=dpo", "train.lr=0"], "error: train.lr must be a finite number > 0, got 0.0"),
+    (["run", "method=dpo", "method.beta=nan"], "error: method.beta must be a finite number > 0, got nan"),
+    (["run", "method=kto", "method.beta=-1"], "error: method.beta must be a finite number > 0, got -1.0"),
+    (["run", "method=dpo", "data.n_pairs=0"], "error: data.n_pairs must be >= 1, got 0"),
+    (["leaderboard", "."], "error: no readable result files under runs"),
 ])
 def test_bad_input_one_line_exit_2(args, expected, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFPREF_CACHE", str(tmp_path / "cache"))

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from bench import world as W
+from bench.locks import exclusive
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,15 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     texts = [p.text for p in chosen for _ in range(2)]
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, 2 * cfg.n_pairs)]
     log.info("sampling %d base images for %d preference pairs", len(texts), cfg.n_pairs)
+    # outside the entry's lock: concurrent jobs share the sampling out when sample_fn lets them
     images = sample_fn(texts, seeds)
+    with exclusive(path, f"preference pairs {path.name}"):
+        if not path.is_file():
+            _annotate(images, texts, cfg, path)
+    return path
+
+
+def _annotate(images: torch.Tensor, texts: list[str], cfg: DataConfig, path: Path) -> None:
     arr = images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
     gold = [W.gold_utility(W.judge(a, W.parse_prompt(t))) for a, t in zip(arr, texts)]
     ann_rng = np.random.default_rng(cfg.annotator.seed)
@@ -205,4 +214,3 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
         rows.append({"caption": texts[2 * k], "jpg_0": encode_png(images[2 * k]),
                      "jpg_1": encode_png(images[2 * k + 1]), "label_0": l0, "label_1": l1})
     write_parquet_atomic(pd.DataFrame(rows), path)
-    return path

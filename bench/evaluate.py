@@ -142,7 +142,7 @@ def attribute_table(images: torch.Tensor, prompts: list[str]) -> pd.DataFrame:
         return pd.DataFrame(index=range(len(prompts)))
     rows = []
     for img, prompt in zip(images, parsed):
-        j = W.judge(img.permute(1, 2, 0).numpy().astype(np.float32) / 255.0, prompt)
+        j = W.judged(img.permute(1, 2, 0).numpy().astype(np.float32) / 255.0, prompt)
         rows.append({**j.attributes(), "fully_correct": j.fully_correct, "n_negative": j.n_negative})
     return pd.DataFrame(rows)
 

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from bench import world as W
 from bench.data import PICKAPIC_COLUMNS, PairData, decode_image, load_pickapic, write_parquet_atomic
+from bench.locks import exclusive
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -410,6 +411,16 @@ def load_attributes(root: Path, size: int | None = None) -> AttributeData:
 
 # ----------------------------------------------------------------------------- runner glue
 
+def _once(entry: Path, done: Path, make) -> None:
+    """make() the cache entry `entry` unless `done` (its last file) exists; under the entry's
+    lock, so that concurrent jobs compute it once (bench.locks)."""
+    if done.is_file():
+        return
+    with exclusive(entry, f"feedback file {entry.name}"):
+        if not done.is_file():
+            make()
+
+
 def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, world: bool):
     """The training data of a method's feedback kind from the preference source `path` (the world's
     annotated pairs, or data.path). Returns (data, info for result.json)."""
@@ -433,11 +444,9 @@ def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, wo
                             "comparisons in %s only", rounds, path)
             if world and rounds > 1:
                 comp = base / f"comparisons-{_cache_key(path, rounds, repr(data_cfg.annotator))}.parquet"
-                if not comp.is_file():
-                    world_comparisons(path, comp, rounds, data_cfg.annotator)
+                _once(comp, comp, lambda: world_comparisons(path, comp, rounds, data_cfg.annotator))
             root = base / f"kto-{_cache_key(comp)}"
-            if not (root / KTO_CSV.format(split="train")).is_file():
-                pickapic_to_kto(comp, root)
+            _once(root, root / KTO_CSV.format(split="train"), lambda: pickapic_to_kto(comp, root))
         data = load_kto(root, policy, size=size)
         return data, {"path": str(root), "images": len(data), "desirable": int(data.labels.sum()), **data.info}
     if kind == "votes":
@@ -447,8 +456,7 @@ def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, wo
         scored = path
         if not has_votes(path, voters):
             scored = base / f"votes-{_cache_key(path, voters)}.parquet"
-            if not scored.is_file():
-                score_votes(path, scored, voters)
+            _once(scored, scored, lambda: score_votes(path, scored, voters))
         data = load_votes(scored, voters, size=size)
         return data, {"path": str(scored), "pairs": len(data), "voters": voters}
     if kind == "attributes":
@@ -457,8 +465,7 @@ def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, wo
             root = path
         else:
             root = base / f"attributes-{_cache_key(path, noise, data_cfg.seed)}"
-            if not (root / ATTR_META).is_file():
-                annotate_attributes(path, root, noise=noise, seed=data_cfg.seed)
+            _once(root, root / ATTR_META, lambda: annotate_attributes(path, root, noise=noise, seed=data_cfg.seed))
         data = load_attributes(root, size=size)
         return data, {"path": str(root), "images": len(data), "attributes": data.names}
     raise BenchError(f"no feedback loader for kind {kind!r}; valid: pairs, images, binary, votes, attributes")

@@ -38,6 +38,7 @@ from bench.feedback import load_for_method
 from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
                             score_images, scorer_record, spread)
 from bench.statistics import win_rate
+from bench.locks import exclusive, shared_chunks
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
@@ -64,6 +65,10 @@ class LaunchConfig:
     micro-batch (bench.train.train). main_process_port: 0 lets torch pick a free port."""
     num_processes: int = 1
     main_process_port: int = 0
+    # Sample through torch.compile'd UNets (inductor; its kernels cached on disk under
+    # <paths.cache>/inductor). Not part of the job identity: the images equal eager sampling's up
+    # to float rounding (docs/performance.md has the measured speed and pixel differences).
+    compile: bool = False
 
 
 @dataclass
@@ -197,16 +202,43 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def cached_images(path: Path, make) -> torch.Tensor:
-    """uint8 images cached as safetensors (temp name, then rename)."""
-    if path.is_file():
-        return load_file(str(path))["images"]
-    images = make()
+def _save_images(images: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")    # parallel jobs may race for one entry
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file({"images": images.contiguous()}, str(tmp))
     tmp.replace(path)
-    return images
+
+
+def cached_samples(path: Path, texts: list[str], seeds: list[int], sample, chunk: int) -> torch.Tensor:
+    """uint8 images of sample(texts, seeds), cached as safetensors. Jobs running side by side
+    that need the same entry share its chunks out (bench.locks.shared_chunks); `chunk` is a
+    multiple of the sampling batch, so every image comes from the same batch as in one call."""
+    return shared_chunks(path, len(texts), chunk, lambda lo, hi: sample(texts[lo:hi], seeds[lo:hi]),
+                         lambda p: load_file(str(p))["images"], _save_images, torch.cat,
+                         what=f"samples {path.name}")
+
+
+def cached_table(path: Path, make) -> pd.DataFrame:
+    """A DataFrame cached as parquet, made once under the entry's lock (as cached_images)."""
+    if not path.is_file():
+        with exclusive(path, f"scores {path.name}"):
+            if not path.is_file():
+                df = make()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                df.to_parquet(tmp, index=False)
+                tmp.replace(path)
+                return df
+    return pd.read_parquet(path)
+
+
+def judge_table(images: torch.Tensor, texts: list[str], scorers: list[str], options: dict,
+                progress: bool) -> pd.DataFrame:
+    """Every scorer's score and every judge attribute of each image, one row per image (world
+    scorers and the attribute table share one judgement per image: bench.world.judged)."""
+    scores = score_images(images, texts, scorers, progress=progress, options=options)
+    attrs = attribute_table(images, texts)
+    return pd.concat([scores.reset_index(drop=True), attrs.reset_index(drop=True)], axis=1)
 
 
 @dataclass
@@ -232,6 +264,16 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
     if is_complete(out):
         log.info("skip: %s is complete", out)
         return out
+    # one process computes a job; another run of the same sweep on the same results directory
+    # waits, then finds it complete (bench.locks)
+    with exclusive(out, f"job {out.name}", root=out.parent.parent):
+        if is_complete(out):
+            log.info("skip: %s was completed by another process", out)
+            return out
+        return _run_job(job, cfg, plain, out, probe)
+
+
+def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Probe | None) -> Path:
     cache = Path(job.paths.cache)
     times, t0 = {}, time.time()
     method = METHODS.get(job.method.name)(job.method)
@@ -243,14 +285,19 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
     texts = [p.text for p in prompts for _ in range(job.eval.seeds_per_prompt)]
     seeds = [s for _ in prompts for s in range(job.eval.seeds_per_prompt)]
 
+    if job.launch.compile:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
+
     def sample(tx, sd, unet=None, desc="sample"):
         return generate(backbone, tx, sd, unet=unet, batch_size=job.eval.batch_size,
-                        progress=job.progress, desc=desc)
+                        progress=job.progress, desc=desc, compile=job.launch.compile)
+
+    def base_samples(tx, sd, desc):          # cached and shared by every job of these weights
+        return cached_samples(cache / "samples" / f"{backbone.name}-{_key(weights_id, tx, sd)}.safetensors",
+                              tx, sd, lambda a, b: sample(a, b, desc=desc), chunk=4 * job.eval.batch_size)
 
     t = time.time()
-    base_images = cached_images(
-        cache / "samples" / f"{backbone.name}-{_key(weights_id, texts, seeds)}.safetensors",
-        lambda: sample(texts, seeds, desc="sample base"))
+    base_images = base_samples(texts, seeds, "sample base")
     times["sample_base"] = time.time() - t
 
     history, data_info = [], {}
@@ -260,7 +307,7 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
         t = time.time()
         if job.data.source == "world":
             path = world_preferences(backbone, job.world, job.data, cache, weights_id,
-                                     lambda tx, sd: sample(tx, sd, desc="sample pairs"))
+                                     lambda tx, sd: base_samples(tx, sd, "sample pairs"))
         else:
             path = Path(job.data.path)
         # the method's feedback kind (pairs, images, binary, votes, attributes) from that source
@@ -276,7 +323,7 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
             callbacks = [] if probe is None else [
                 _probe_callback(job, probe, prompts, texts, seeds, base_images, sample)]
             policy, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
-                                    progress=job.progress, callbacks=callbacks)
+                                    progress=job.progress, callbacks=callbacks, ref_cache_dir=cache / "reference")
             data_info.update(getattr(method, "data_info", {}))   # what the method made of its feedback
         times["train"] = time.time() - t
         t = time.time()
@@ -285,15 +332,21 @@ def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
 
     t = time.time()
     opts = job.eval.scorer_options
-    scores = score_images(images, texts, job.eval.scorers, progress=job.progress, options=opts)
-    base_scores = score_images(base_images, texts, job.eval.scorers, progress=job.progress, options=opts)
+    # the base images are judged once per backbone weights, eval set and scorer set, and cached
+    # beside the base samples; every job of that backbone reads them back
+    records = [scorer_record(get_scorer(n, opts.get(n))) for n in job.eval.scorers]
+    base_table = cached_table(
+        cache / "samples" / f"{backbone.name}-{_key(weights_id, texts, seeds, job.eval.scorers, opts, records)}"
+        f"-scores.parquet", lambda: judge_table(base_images, texts, job.eval.scorers, opts, job.progress))
+    own = base_table if images is base_images else judge_table(images, texts, job.eval.scorers, opts, job.progress)
     table = {"prompt_id": [p.id for p in prompts for _ in range(job.eval.seeds_per_prompt)],
              "prompt": texts, "seed": seeds}
     df = pd.DataFrame(table)
     for name in job.eval.scorers:
-        df[name], df[f"base_{name}"] = scores[name].to_numpy(), base_scores[name].to_numpy()
-    attrs, base_attrs = attribute_table(images, texts), attribute_table(base_images, texts)
-    for c in attrs.columns:
+        df[name], df[f"base_{name}"] = own[name].to_numpy(), base_table[name].to_numpy()
+    attr_cols = [c for c in base_table.columns if c not in job.eval.scorers]
+    attrs, base_attrs = own[attr_cols], base_table[attr_cols]
+    for c in attr_cols:
         df[c], df[f"base_{c}"] = attrs[c].to_numpy(), base_attrs[c].to_numpy()
     scorer_info = {}
     for name in job.eval.scorers:

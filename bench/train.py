@@ -85,6 +85,12 @@ class TrainConfig:
     # alike: DPO on tiny-sd15 (lr 1e-5, 300 x 16 pairs) reached gold win rates 0.520 and 0.515
     # (seeds 0, 1) with 0.99, against 0.506 (seed 0) without; docs/methods.md has the table.
     ema_decay: float | None = 0.99
+    # Reference errors precomputed for K fixed (noise, timestep, caption-dropout) draws per
+    # training example and shared by every job with the same reference and data (bench/refcache.py;
+    # TRL's precompute_ref_log_probs for diffusion). 0: a fresh draw every step and a live
+    # reference forward (DiffusionDPO train.py). Our option; its effect is in docs/performance.md.
+    ref_draws: int = 0
+    ref_draw_seed: int = 0
 
 
 @dataclass
@@ -156,6 +162,7 @@ class Batch:
     labels: torch.Tensor | None = None     # per image (ImageData.labels), e.g. KTO desirable
     weights: torch.Tensor | None = None    # per pair / image loss weight (PairData.weights)
     extra: dict = field(default_factory=dict)   # per pair / image tensors (data.extra)
+    groups: torch.Tensor | None = None          # index of each pair / image in the training data
 
 
 def _rows(d: dict | None, i: torch.Tensor) -> dict:
@@ -184,7 +191,7 @@ def _batches(method: Method, data, cfg: TrainConfig, gen: torch.Generator):
                 i = torch.multinomial(w.double(), cfg.batch_size, replacement=True, generator=gen)
             yield Batch(data.images[i], [data.captions[k] for k in i.tolist()], False,
                         labels=None if data.labels is None else data.labels[i],
-                        extra=_rows(data.extra, i))
+                        extra=_rows(data.extra, i), groups=i)
     usable = ~data.ties
     weights = getattr(data, "weights", None)
     if weights is not None:
@@ -194,7 +201,7 @@ def _batches(method: Method, data, cfg: TrainConfig, gen: torch.Generator):
         # The preferred image of every non-tie pair (the Diffusion-DPO paper's SFT baseline).
         while True:
             i = keep[torch.randint(0, len(keep), (cfg.batch_size,), generator=gen)]
-            yield Batch(data.winners[i], [data.captions[k] for k in i.tolist()], False)
+            yield Batch(data.winners[i], [data.captions[k] for k in i.tolist()], False, groups=i)
     if len(keep) == 0:
         raise BenchError("no non-tie pairs to train on; set data.keep_ties=false or add data")
     while True:
@@ -202,7 +209,7 @@ def _batches(method: Method, data, cfg: TrainConfig, gen: torch.Generator):
         caps = [data.captions[k] for k in i.tolist()]
         yield Batch(torch.cat([data.winners[i], data.losers[i]]), caps + caps, True,
                     weights=None if weights is None else weights[i],
-                    extra=_rows(getattr(data, "extra", None), i))
+                    extra=_rows(getattr(data, "extra", None), i), groups=i)
 
 
 class Reference:
@@ -337,6 +344,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise BenchError(f"unknown train.error_weighting {cfg.error_weighting!r}; valid: {', '.join(ERROR_WEIGHTINGS)}")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise BenchError(f"train.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+    if cfg.ref_draws < 0:
+        raise BenchError(f"train.ref_draws must be >= 0 (0: no precomputed reference), got {cfg.ref_draws}")
 
 
 def error_weights(backbone, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None:
@@ -367,7 +376,7 @@ def draw_noise(latents: torch.Tensor, paired: bool, n_timesteps: int, gen: torch
 
 
 def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir: Path | None = None,
-          progress: bool = True, unet=None, callbacks=(), accelerator=None):
+          progress: bool = True, unet=None, callbacks=(), accelerator=None, ref_cache_dir: Path | None = None):
     """Fine-tune backbone.unet (or `unet`) with the method; returns (policy unet, history of
     logged metrics).
 
@@ -378,6 +387,8 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     `every`-th optimizer step under a forked RNG (they cannot change the training run); an
     exception they raise (e.g. optuna.TrialPruned) stops training, after the checkpoint.
     accelerator: an `accelerate.Accelerator` for data-parallel training (bench/worker.py).
+    ref_cache_dir: where the reference errors of `cfg.ref_draws` fixed draws are cached (None:
+    computed in memory for this run only; bench/refcache.py).
     `cfg.batch_size` is the *global* micro-batch: every process draws the same global batch
     from the shared generator (same noise, timesteps and caption dropout as one process would)
     and computes its loss on its 1/num_processes of the pairs or images; DDP averages the
@@ -414,6 +425,10 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     enc = backbone.encode_prompts(captions)      # flat dict of per-caption tensors (SDXL: 3 keys)
     caption_row = {c: i for i, c in enumerate(captions)}
     n_t = backbone.noise_scheduler.config.num_train_timesteps
+    draws = None
+    if cfg.ref_draws > 0 and reference is not None:
+        draws = _reference_draws(backbone, method, data, reference, enc, caption_row, cfg, n_t,
+                                 ref_cache_dir, progress and main_process)
     batches = _batches(method, data, cfg, gen)
     history, window, start, wall0 = [], [], 0, 0.0
     state_dir = Path(ckpt_dir) / RESUME_DIR if ckpt_dir is not None and cfg.checkpoint_every > 0 else None
@@ -440,7 +455,8 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
             sync = world == 1 or j == cfg.grad_accum - 1          # all-reduce once per optimizer step
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
-                                            caption_row, cfg, n_t, gen, step, model=model, rank=rank, world=world)
+                                            caption_row, cfg, n_t, gen, step, model=model, rank=rank, world=world,
+                                            draws=draws)
                 (loss / cfg.grad_accum).backward()
             micro.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
         if world > 1:
@@ -497,29 +513,105 @@ def _shard(b: Batch, rank: int, world: int) -> tuple[Batch, torch.Tensor]:
                  extra={k_: v[g] for k_, v in b.extra.items()}), rows
 
 
+class ReferenceDraws:
+    """`cfg.ref_draws` fixed draws per training example with the reference's errors on each
+    (bench/refcache.py): `take` gives a micro-batch's noise, timesteps, caption dropout and the
+    reference's (unweighted) errors without running the reference."""
+
+    def __init__(self, draws, table: torch.Tensor):
+        self.draws, self.table = draws, table
+
+    def take(self, b: Batch, gen: torch.Generator):
+        groups = b.groups
+        ks = torch.randint(0, self.draws.k, (len(groups),), generator=gen)
+        noise, t, drop = self.draws.take(groups, ks)
+        cached = self.table[groups, ks]                    # (n, images per example)
+        if b.paired:                                       # winners first, then losers
+            return noise.repeat(2, 1, 1, 1), t.repeat(2), drop + drop, torch.cat([cached[:, 0], cached[:, 1]])
+        return noise, t, drop, cached[:, 0]
+
+
+def _reference_draws(backbone, method: Method, data, reference, enc: dict, caption_row: dict,
+                     cfg: TrainConfig, n_t: int, cache_dir: Path | None, progress: bool) -> ReferenceDraws:
+    """The fixed draws and the reference's errors on them (cached under cache_dir)."""
+    from bench.refcache import Draws, cache_key, reference_table
+    if reference.refresh is not None:
+        raise BenchError("train.ref_draws needs a frozen reference, but this method refreshes its reference "
+                         "(method.ref_refresh_every > 0); set train.ref_draws=0")
+    if type(method).condition is not Method.condition:
+        raise BenchError(f"train.ref_draws: {type(method).__name__} conditions the reference on more than the "
+                         "caption, so its errors cannot be precomputed; set train.ref_draws=0")
+    paired = hasattr(data, "winners")
+    images = torch.cat([data.winners, data.losers]) if paired else data.images
+    n = len(data.captions)
+    shape = tuple(backbone.encode_images(images[:1].float() / 255.0).shape[1:])
+    draws = Draws(cfg.ref_draws, cfg.ref_draw_seed, shape, n_t, cfg.empty_prompt_prob)
+
+    def errors_of(groups: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+        noise, t, drop = draws.take(groups, ks)
+        caps = [data.captions[g] for g in groups.tolist()]
+        if paired:
+            imgs, caps = torch.cat([data.winners[groups], data.losers[groups]]), caps + caps
+            noise, t, drop = noise.repeat(2, 1, 1, 1), t.repeat(2), drop + drop
+        else:
+            imgs = data.images[groups]
+        rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
+        cond = {k: v[rows] for k, v in enc.items()}
+        latents = backbone.encode_images(imgs.float() / 255.0)
+        with torch.no_grad():
+            err = reference(lambda m: per_sample_error(backbone, m, latents, noise, t, cond))
+        return err.view(2, -1).T if paired else err[:, None]
+
+    path = None
+    if cache_dir is not None:
+        weights = reference(lambda m: {k: v for k, v in m.state_dict().items()})
+        key = cache_key(weights, images, list(data.captions), paired, draws,
+                        {"backbone": backbone.name, "prediction_type": backbone.prediction_type})
+        path = Path(cache_dir) / f"{backbone.name}-{key}.safetensors"
+    # batches of the training micro-batch's shape: the reference then runs on the same input
+    # shapes as a live reference would, which keeps its errors equal to the bit on this CPU
+    per = cfg.batch_size
+    if path is None:
+        from bench.refcache import compute_table
+        table = compute_table(n, draws, errors_of, batch_groups=per, progress=progress)
+    else:
+        table = reference_table(path, n, draws, errors_of, batch_groups=per, progress=progress)
+    return ReferenceDraws(draws, table)
+
+
 def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, caption_row: dict,
                 cfg: TrainConfig, n_t: int, gen: torch.Generator, step: int, model=None, rank: int = 0,
-                world: int = 1):
+                world: int = 1, draws: ReferenceDraws | None = None):
     """The method's loss on one micro-batch (caption dropout, shared noise and timesteps). With
     world > 1 the random draws are made for the whole global batch (as one process would), then
-    this process keeps its rows. `model` is what the policy's forward goes through (DDP)."""
+    this process keeps its rows. `model` is what the policy's forward goes through (DDP).
+    `draws`: noise, timesteps, dropout and reference errors from the fixed draws (train.ref_draws)."""
     caps = list(b.captions)
     n_groups = len(caps) // 2 if b.paired else len(caps)
-    drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
-    if b.paired:
-        drop = drop + drop                    # a pair keeps or drops its caption together
+    cached_ref = None
+    if draws is not None:
+        noise, t, drop, cached_ref = draws.take(b, gen)
+    else:
+        drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
+        if b.paired:
+            drop = drop + drop                # a pair keeps or drops its caption together
     rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
     cond = method.condition({k: v[rows] for k, v in enc.items()}, b)
     latents = backbone.encode_images(b.images.float() / 255.0)
-    noise, t = draw_noise(latents, b.paired, n_t, gen)
+    if draws is None:
+        noise, t = draw_noise(latents, b.paired, n_t, gen)
     if world > 1:
         b, mine = _shard(b, rank, world)
         cond = {k: v[mine] for k, v in cond.items()}
         latents, noise, t = latents[mine], noise[mine], t[mine]
+        cached_ref = None if cached_ref is None else cached_ref[mine]
     w = error_weights(backbone, t, cfg)
     err = per_sample_error(backbone, unet if model is None else model, latents, noise, t, cond, w)
     ctx = StepContext(backbone, unet, reference, latents, noise, t, cond, step, w)
-    ref_err = ctx.reference_errors() if method.needs_reference else None
+    if cached_ref is not None:
+        ref_err = cached_ref if w is None else cached_ref * w
+    else:
+        ref_err = ctx.reference_errors() if method.needs_reference else None
     loss, metrics = method.batch_loss(err, ref_err, b, ctx)
     if not torch.isfinite(loss):
         raise BenchError(f"loss became {loss.item()} at step {step}; lower train.lr or the method's beta")

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         data, data_info = load_for_method(method, Path(spec.data_path), job.data, cache, backbone.resolution,
                                           world=bool(spec.world))
         _, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
-                           progress=job.progress, accelerator=acc)
+                           progress=job.progress, accelerator=acc, ref_cache_dir=cache / "reference")
         if acc.is_main_process:
             data_info.update(getattr(method, "data_info", {}))
             out = ckpt_dir / WORKER_RESULT

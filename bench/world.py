@@ -13,8 +13,10 @@ only, so they work on generated images exactly as on rendered ones.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -445,6 +447,24 @@ def preference_proxy(j: Judgement) -> float:
     colour and contrast, ignores count."""
     return (1.5 * j.colour_ok + 1.0 * j.background_ok + 0.5 * j.shape_ok - 0.5 * j.blurred
             - 0.5 * j.noisy - 0.5 * j.extra_object - 0.3 * j.clipped + 1.0 * min(j.contrast, 1.0))
+
+
+_JUDGED: "OrderedDict[tuple, Judgement]" = OrderedDict()
+JUDGE_MEMO_SIZE = 1 << 16
+
+
+def judged(image: np.ndarray, prompt: Prompt) -> Judgement:
+    """judge(image, prompt), remembered for the last JUDGE_MEMO_SIZE distinct (pixels, prompt):
+    every world scorer and the attribute table read one judgement per image instead of judging
+    it again (a job reads each image five times: four scorers and the attribute table)."""
+    img = np.ascontiguousarray(image, np.float32)
+    key = (hashlib.blake2b(img.tobytes(), digest_size=16).digest(), img.shape, prompt)
+    j = _JUDGED.get(key)
+    if j is None:
+        j = _JUDGED[key] = judge(img, prompt)
+        if len(_JUDGED) > JUDGE_MEMO_SIZE:
+            _JUDGED.popitem(last=False)
+    return j
 
 
 UTILITIES = {"gold": gold_utility, "fidelity": fidelity_proxy, "aesthetic": aesthetic_proxy,

@@ -41,7 +41,7 @@ class WorldScorer:
         """images (B, 3, H, W) in [0, 1]; returns (B,) float32."""
         fn = W.UTILITIES[self.utility]
         arr = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-        vals = [fn(W.judge(np.clip(a, 0, 1), W.parse_prompt(p))) for a, p in zip(arr, prompts)]
+        vals = [fn(W.judged(np.clip(a, 0, 1), W.parse_prompt(p))) for a, p in zip(arr, prompts)]
         return torch.tensor(vals, dtype=torch.float32)
 
 

@@ -51,7 +51,10 @@ def test_base_row_is_its_own_baseline(toy):
 
 def test_base_samples_and_preferences_are_shared(toy):
     root, _, _ = toy
-    assert len(list((root / "cache" / "samples").glob("*.safetensors"))) == 1
+    # one entry for the eval set's base samples, one for the base images the pairs are made of,
+    # and the base samples' scores (judged once per backbone and eval set)
+    assert len(list((root / "cache" / "samples").glob("*.safetensors"))) == 2
+    assert len(list((root / "cache" / "samples").glob("*-scores.parquet"))) == 1
     assert len(list((root / "cache" / "preferences").glob("*.parquet"))) == 1
     assert not list(root.rglob("*.tmp*"))
 

@@ -1,0 +1,120 @@
+"""One computation per cache entry and per job across processes (bench/locks.py), and jobs side
+by side through the parallel launcher (sweeps/hydra/launcher/parallel.yaml)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.locks import lock_path, shared_chunks
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from filelock import FileLock
+lock = FileLock(sys.argv[1]); lock.acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+if sys.argv[3]:
+    Path(sys.argv[3]).parent.mkdir(parents=True, exist_ok=True)
+    exec(sys.argv[4])
+lock.release()
+"""
+
+
+def hold(lock: Path, seconds: float, write: Path | None = None, code: str = "") -> subprocess.Popen:
+    """Another process that holds `lock` for `seconds`, then runs `code` (writing `write`)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(lock), str(seconds), str(write or ""), code],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def _io():
+    def save(v, p):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(v, p)    # test-local files; the suite's entries are safetensors
+
+    def load(p):
+        return torch.load(p, weights_only=True)
+    return save, load
+
+
+def test_chunks_another_process_is_making_are_waited_for_not_remade(tmp_path):
+    path = tmp_path / "entry.pt"
+    save, load = _io()
+    made = []
+
+    def make(lo, hi):
+        made.append((lo, hi))
+        return torch.arange(lo, hi)
+    part0 = path.with_name(path.name + ".parts") / "00000-0-4"
+    other = hold(lock_path(part0), 2.0, part0, f"import torch; torch.save(torch.arange(0, 4), {str(part0)!r})")
+    value = shared_chunks(path, 10, 4, make, load, save, torch.cat)
+    other.wait()
+    assert made == [(4, 8), (8, 10)]                  # chunk 0 came from the other process
+    assert torch.equal(value, torch.arange(10)) and torch.equal(load(path), torch.arange(10))
+    assert not path.with_name(path.name + ".parts").exists()
+    assert shared_chunks(path, 10, 4, lambda lo, hi: 1 / 0, load, save, torch.cat).tolist() == list(range(10))
+
+
+def test_a_chunk_whose_maker_died_is_made_here(tmp_path):
+    path = tmp_path / "entry.pt"
+    save, load = _io()
+    made = []
+    part0 = path.with_name(path.name + ".parts") / "00000-0-4"
+    other = hold(lock_path(part0), 1.0)                # holds the lock, then exits without the part
+    value = shared_chunks(path, 6, 4, lambda lo, hi: made.append((lo, hi)) or torch.arange(lo, hi), load, save,
+                          torch.cat)
+    other.wait()
+    assert sorted(made) == [(0, 4), (4, 6)] and torch.equal(value, torch.arange(6))
+
+
+def test_a_job_another_process_is_computing_is_waited_for_then_skipped(tmp_path, tiny_pipe_dir):
+    from bench.results import job_dir
+    from bench.runner import compose_config, run_job
+    from omegaconf import OmegaConf
+    overrides = [f"backbone.weights={tiny_pipe_dir}", "method=base", f"paths.results={tmp_path / 'r'}",
+                 f"paths.cache={tmp_path / 'c'}", "eval.max_prompts=2", "eval.seeds_per_prompt=1", "progress=false"]
+    cfg = compose_config(overrides)
+    # the directory run_job will use (its identity); the other process finishes the job there
+    import dataclasses
+    from bench.runner import validate
+    job = validate(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
+    for k in ("world", "data", "train", "eval"):
+        plain[k] = dataclasses.asdict(getattr(job, k))
+    out = job_dir(tmp_path / "r", plain)
+    code = (f"from pathlib import Path; d = Path({str(out)!r}); d.mkdir(parents=True); "
+            "(d / 'result.json').write_text('{}'); (d / 'scores.parquet').write_text('x')")
+    other = hold(lock_path(out, root=tmp_path / "r"), 2.0, out, code)
+    t = time.time()
+    assert run_job(cfg) == out
+    other.wait()
+    assert time.time() - t > 0.5                       # it waited for the lock ...
+    assert not (tmp_path / "c").exists()               # ... and computed nothing: no cache entry made
+    assert (out / "result.json").read_text() == "{}"
+
+
+def test_parallel_launcher_runs_jobs_side_by_side_and_shares_cache_entries(tmp_path, tiny_pipe_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DIFFPREF_JOBS": "2"}
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "-m", "hydra/launcher=parallel", "method=sft,dpo",
+         f"backbone.weights={tiny_pipe_dir}", f"paths.results={tmp_path / 'results'}",
+         f"paths.cache={tmp_path / 'cache'}", "data.n_pairs=12", "train.steps=2", "train.batch_size=4",
+         "eval.max_prompts=2", "eval.seeds_per_prompt=1", "eval.batch_size=2", "progress=false",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in r.stdout + r.stderr
+    runs = sorted((tmp_path / "results" / "runs").glob("*/result.json"))
+    assert sorted(json.loads(p.read_text())["method"] for p in runs) == ["dpo", "sft"]
+    samples = sorted(p.name for p in (tmp_path / "cache" / "samples").glob("*.safetensors"))
+    # one base-sample entry for the eval set and one for the pair images, each made once
+    assert len(samples) == 2 and not list((tmp_path / "cache" / "samples").glob("*.parts"))
+    assert len(list((tmp_path / "cache" / "preferences").glob("*.parquet"))) == 1

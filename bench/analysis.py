@@ -473,9 +473,16 @@ def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[P
     if d.empty:
         return []
     backbones = sorted(d.backbone.unique())
-    fig, axes = plt.subplots(1, len(backbones), figsize=(max(5.0, 1.3 * len(scorers) * 1.6) * len(backbones), 3.6),
-                             squeeze=False, sharey=True)
-    for ax, bb in zip(axes[0], backbones):
+    # one row per backbone, its legend outside the axes on the right: the number of configurations
+    # (14 on tiny-sd15 with the paper specs' ablations) sets the width, never covers the bars
+    most = max(int((d.backbone == bb).sum()) for bb in backbones)
+    longest = max(len(str(x)) for x in d["label"]) + 9            # + " (1 seed)"
+    fig, axes = plt.subplots(len(backbones), 1, figsize=(max(6.0, 0.16 * most * len(scorers) + 2.0) + 0.055 * longest,
+                                                         3.2 * len(backbones)), squeeze=False)
+    lows = [d[f"{n}_ci_low"].min() for n in scorers if f"{n}_ci_low" in d]
+    highs = [d[f"{n}_ci_high"].max() for n in scorers if f"{n}_ci_high" in d]
+    ylim = (max(0.0, min(lows + [0.5]) - 0.05), min(1.0, max(highs + [0.5]) + 0.05))
+    for ax, bb in zip(axes[:, 0], backbones):
         g = d[d.backbone == bb]
         long = pd.DataFrame([{"scorer": n, "win_rate": r[f"{n}_win_rate"],
                               "method": r["label"] if r.get("n_seeds", 1) > 1 else f"{r['label']} (1 seed)",
@@ -490,11 +497,12 @@ def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[P
             ax.errorbar(xs, sub.win_rate, yerr=[sub.win_rate - sub.lo, sub.hi - sub.win_rate],
                         fmt="none", ecolor="black", capsize=3, lw=1)
         ax.axhline(0.5, ls="--", color="grey", lw=1)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{bb}: win rate vs base (95% CI, seed-aware over >= 2 seeds)")
-        ax.set_xlabel("scorer")
+        ax.set_ylim(*ylim)
+        ax.set_title(f"{bb}: win rate vs base (95% CI, seed-aware over >= 2 seeds)", fontsize=10)
+        ax.set_xlabel("")
         ax.set_ylabel("win rate vs base")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
     return _save(fig, stem)
 
 
@@ -639,7 +647,7 @@ def image_grids(lb: pd.DataFrame, runs: list[Run], outdir: Path, prompts: list[s
             if row.method == "base" or base_tiles is None:
                 base_tiles = {k: v[0] for k, v in tiles.items()}
             if row.method != "base":
-                cols.append((row.label, {k: v[1] for k, v in tiles.items()}))
+                cols.append((row.label, {k: v[1] for k, v in tiles.items()}, row.method))
         if base_tiles is None:
             continue
         any_sheet = True
@@ -655,9 +663,19 @@ def image_grids(lb: pd.DataFrame, runs: list[Run], outdir: Path, prompts: list[s
             continue
         plt, _ = _plt()
         ncol = 1 + len(cols)
-        fig, axes = plt.subplots(len(keys), ncol, figsize=(1.5 * ncol + 2.6, 1.5 * len(keys) + 0.4), squeeze=False)
+        # a label longer than a tile is wide becomes "<method> [n]", spelled out in a key below
+        titles, key_lines = ["base"], []
+        for label, _, method in cols:
+            if len(label) <= 16:
+                titles.append(label)
+            else:
+                key_lines.append(f"[{len(key_lines) + 1}] {label}")
+                titles.append(f"{method} [{len(key_lines)}]")
+        key_h = 0.16 * len(key_lines)
+        fig, axes = plt.subplots(len(keys), ncol, figsize=(1.5 * ncol + 2.6, 1.5 * len(keys) + 0.4 + key_h),
+                                 squeeze=False)
         for i, k in enumerate(keys):
-            for j, (title, tiles) in enumerate([("base", base_tiles)] + cols):
+            for j, (title, tiles) in enumerate(zip(titles, [base_tiles] + [c[1] for c in cols])):
                 ax = axes[i][j]
                 ax.imshow(tiles[k], interpolation="nearest")
                 ax.set_xticks([])
@@ -668,6 +686,9 @@ def image_grids(lb: pd.DataFrame, runs: list[Run], outdir: Path, prompts: list[s
                     ax.set_ylabel(f"{texts.get(k, k[0])}\n(seed {k[1]})", rotation=0, ha="right",
                                   va="center", fontsize=7)
         fig.suptitle(f"{bb}: base and each method, same prompt and seed", fontsize=9)
+        if key_lines:
+            fig.subplots_adjust(bottom=(key_h + 0.1) / fig.get_figheight())
+            fig.text(0.01, 0.01, "\n".join(key_lines), fontsize=7, va="bottom", ha="left")
         files += _save(fig, outdir / f"grid-{bb}")
     if not any_sheet:
         notes.append(f"image grids skipped: no job directory holds {SAMPLE_SHEET} "

@@ -489,7 +489,7 @@ _register("sdxl", load_real_backbone, SDXLConfig,
 def _missing(what: str, model_id: str, key: str) -> BenchError:
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return BenchError(f"{what} {model_id} not found in the HF cache ({hub}); download it on a machine "
-                      f"with access (huggingface-cli download {model_id}) or pass {key}=<local dir>")
+                      f"with access (hf download {model_id}) or pass {key}=<local dir>")
 
 
 def load_real(model_id: str, path: str | None, vae_path: str | None = None):

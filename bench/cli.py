@@ -70,8 +70,10 @@ def _guarded(fn, cfg):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def run(cfg: DictConfig) -> None:
+    from tqdm.contrib.logging import logging_redirect_tqdm
     from bench.runner import run_job
-    _guarded(run_job, cfg)
+    with logging_redirect_tqdm():        # log lines go above the progress bars, never through them
+        _guarded(run_job, cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -93,6 +95,12 @@ def cmd_list() -> None:
         print(f"{reg.kind}s:")
         for name, doc in reg.describe():
             print(f"  {name:14s} {doc}")
+    from bench import datasets as D
+    for title, table in (("pair datasets (bench.datasets.load_pairs)", D.PAIR_SOURCES), ("prompt sets (eval.prompt_set)", D.PROMPT_SETS)):
+        print(f"{title}:")
+        for name, fn in table.items():
+            doc = (fn.__doc__ or "").strip().splitlines()
+            print(f"  {name:14s} {doc[0] if doc else ''}".rstrip())
     for group in ("suite", "study"):
         print(f"{'studies' if group == 'study' else 'suites'}:")
         for name in group_options(group):
@@ -176,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             register_configs()
             check_overrides(rest)
             EXTRA_FLAGS[:] = [a for a in rest if a.startswith("--export")]
+            informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion"}
+            if cmd == "run" and not informational & {a.split("=")[0] for a in rest}:
+                from bench.runner import precheck
+                precheck([a for a in rest if a not in EXTRA_FLAGS])
             sys.argv = [sys.argv[0]] + [a for a in rest if a not in EXTRA_FLAGS]
             if cmd == "pretrain":        # writes no results: leave the leaderboard alone
                 sys.argv.append("~hydra.callbacks.leaderboard")

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from bench import world as W
-from bench.locks import exclusive
+from bench.locks import exclusive, load_entry
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,11 @@ def open_pickapic(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"preference file not found: {path}; set data.path to a Pick-a-Pic-format parquet file")
-    pf = pq.ParquetFile(path, memory_map=True)
+    try:
+        pf = pq.ParquetFile(path, memory_map=True)
+    except Exception as e:     # pyarrow: ArrowInvalid / OSError on a truncated or non-parquet file
+        raise BenchError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         "replace it (a cache entry: delete it and rerun)") from None
     missing = [c for c in PICKAPIC_COLUMNS if c not in pf.schema_arrow.names]
     if missing:
         raise BenchError(f"{path}: missing column(s) {missing}; a Pick-a-Pic file has {list(PICKAPIC_COLUMNS)}")
@@ -142,10 +146,14 @@ def read_pickapic(path: str | Path, keep_ties: bool = False, size: int | None = 
         log.info("%s: %d row(s) with has_label=false left out", path, unlabelled)
 
 
-def _pickapic_pair(row: dict, i: int, path, keep_ties: bool, size, on_corrupt: str, skipped) -> Pair | None:
-    l0, l1 = float(row["label_0"]), float(row["label_1"])
+def check_labels(l0: float, l1: float, path, i: int) -> None:
     if (l0, l1) not in ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5)):
         raise BenchError(f"{path}: row {i} has labels ({l0}, {l1}); expected (1, 0), (0, 1) or (0.5, 0.5)")
+
+
+def _pickapic_pair(row: dict, i: int, path, keep_ties: bool, size, on_corrupt: str, skipped) -> Pair | None:
+    l0, l1 = float(row["label_0"]), float(row["label_1"])
+    check_labels(l0, l1, path, i)
     if not isinstance(row["caption"], str):
         raise BenchError(f"{path}: row {i} has a non-text caption; fix or drop that row")
     tie = l0 == 0.5
@@ -186,7 +194,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     import json
     key = hashlib.sha256(json.dumps([weights_id, repr(world_cfg), repr(cfg)]).encode()).hexdigest()[:12]
     path = Path(cache_dir) / "preferences" / f"{backbone.name}-{key}.parquet"
-    if path.is_file():
+    if load_entry(path, open_pickapic) is not None:          # a damaged entry is deleted and made again
         return path
     prompts = W.split_prompts(world_cfg)["train"]
     if not prompts or cfg.n_pairs < 1:
@@ -199,7 +207,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     # outside the entry's lock: concurrent jobs share the sampling out when sample_fn lets them
     images = sample_fn(texts, seeds)
     with exclusive(path, f"preference pairs {path.name}"):
-        if not path.is_file():
+        if load_entry(path, open_pickapic) is None:
             _annotate(images, texts, cfg, path)
     return path
 

@@ -118,6 +118,10 @@ def hpdv2(root: str | Path, split: str = "train", keep_ties: bool = False, size:
             need = "prompt, file_path and human_preference (one 1, rest 0)" if split == "train" else \
                 "prompt, image_path and rank of equal lengths"
             raise BenchError(f"{meta}: record {i} is malformed; each needs {need}") from None
+        if not keep_ties and pairs and all(p[2] for p in pairs):
+            log.info("%s: record %d prefers no image over another (%s); its %d pairs are ties, dropped "
+                     "(data.keep_ties=true keeps them)", meta, i,
+                     rec.get("human_preference", rec.get("rank")), len(pairs))
         pairs = [p for p in pairs if keep_ties or not p[2]]
         decoded = _decode_record(images, files, {k for p in pairs for k in p[:2]}, size, f"{meta} record {i}")
         bad = [k for k, img in decoded.items() if isinstance(img, Exception)]
@@ -178,8 +182,12 @@ def _need_file(path: str | Path | None, what: str) -> Path:
 
 
 def _table_prompts(path: Path, column: str, delimiter: str, prefix: str) -> list[PromptItem]:
+    # A TSV has no quoting: PartiPrompts holds prompts such as `"G I G G L E" painted ...` whose
+    # quotes are part of the text, and CSV quoting would strip them (or, on an unmatched quote,
+    # merge the following rows into one prompt). CSV files (DrawBench) do quote.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
         if column not in (reader.fieldnames or []):
             raise BenchError(f"{path}: no {column!r} column (found {reader.fieldnames}); is it the published file?")
         out = []
@@ -202,10 +210,12 @@ def _json_prompts(path: Path, prefix: str) -> list[PromptItem]:
 
 
 def partiprompts(path) -> list[PromptItem]:
+    """PartiPrompts (1,632 prompts, 12 categories): PartiPrompts.tsv."""
     return _table_prompts(_need_file(path, "PartiPrompts.tsv"), "Prompt", "\t", "parti/")
 
 
 def drawbench(path) -> list[PromptItem]:
+    """DrawBench (200 prompts, 11 categories): its CSV, or HPDv2's drawbench.json."""
     path = _need_file(path, "the DrawBench CSV or HPDv2's drawbench.json")
     if path.suffix == ".json":
         return _json_prompts(path, "drawbench/")
@@ -213,6 +223,7 @@ def drawbench(path) -> list[PromptItem]:
 
 
 def hpsv2_benchmark(path) -> list[PromptItem]:
+    """HPSv2 benchmark prompts, four styles (anime, concept-art, paintings, photo): a directory."""
     root = _need_file(path, "the HPDv2 benchmark directory holding anime.json, concept-art.json, "
                             "paintings.json and photo.json")
     missing = [s for s in HPS_STYLES if not (root / f"{s}.json").is_file()]
@@ -224,6 +235,7 @@ def hpsv2_benchmark(path) -> list[PromptItem]:
 
 
 def pickapic_test_unique(path) -> list[PromptItem]:
+    """Pick-a-Pic v2 test_unique captions (the Diffusion-DPO eval prompts): the shard or directory."""
     import pyarrow.parquet as pq
     root = _need_file(path, "Pick-a-Pic v2's test_unique shard (or the dataset directory)")
     captions = [c for shard in pickapic_shards(root, "test_unique")

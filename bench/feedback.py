@@ -43,7 +43,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench import world as W
-from bench.data import PICKAPIC_COLUMNS, PairData, decode_image, load_pickapic, write_parquet_atomic
+from bench.data import (PICKAPIC_COLUMNS, PairData, check_labels, decode_image, load_pickapic, open_pickapic,
+                        write_parquet_atomic)
 from bench.locks import exclusive
 from bench.registry import BenchError
 
@@ -126,13 +127,18 @@ def with_uids(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_pickapic(path: Path) -> pd.DataFrame:
+    """A whole Pick-a-Pic-format file as a frame, with the streaming reader's rules
+    (bench.data.read_pickapic): rows with has_label=false left out, labels checked."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"preference file not found: {path}; set data.path to a Pick-a-Pic-format parquet file")
-    df = pd.read_parquet(path)
-    missing = [c for c in PICKAPIC_COLUMNS if c not in df.columns]
-    if missing:
-        raise BenchError(f"{path}: missing column(s) {missing}; a Pick-a-Pic file has {list(PICKAPIC_COLUMNS)}")
+    pf = open_pickapic(path)                  # missing file, unreadable parquet, missing columns
+    df = pf.read().to_pandas()
+    if "has_label" in df.columns:
+        keep = df["has_label"].astype(bool).to_numpy()
+        if not keep.all():
+            log.info("%s: %d row(s) with has_label=false left out", path, int((~keep).sum()))
+            df = df[keep].reset_index(drop=True)
+    for i, (l0, l1) in enumerate(zip(df["label_0"].to_numpy(float), df["label_1"].to_numpy(float))):
+        check_labels(float(l0), float(l1), path, i)
     return df
 
 
@@ -325,7 +331,7 @@ def load_votes(path: Path, voters: list[str], size: int | None = None) -> VoteDa
     ties included. Images are decoded and validated by bench.data.load_pickapic."""
     path = Path(path)
     pairs = load_pickapic(path, keep_ties=True, size=size)
-    df = pd.read_parquet(path)
+    df = _read_pickapic(path)                 # the same rows as load_pickapic (has_label)
     missing = [f"vote_{v}" for v in voters if f"vote_{v}" not in df.columns]
     if missing:
         raise BenchError(f"{path}: missing vote column(s) {missing}; score the file with "

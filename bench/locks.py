@@ -46,6 +46,21 @@ def exclusive(path: Path, what: str = "", root: Path | None = None, poll_s: floa
         lock.release()
 
 
+def load_entry(path: Path, load):
+    """load(path) for a cache entry, or None when it is missing or cannot be read: a damaged
+    entry (a truncated file, a disk error) is deleted with a warning, so that it is made again
+    instead of failing every rerun the same way."""
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except Exception as e:         # safetensors / pyarrow / torch raise their own types
+        log.warning("cache entry %s cannot be read (%s: %s); deleting it and making it again", path,
+                    type(e).__name__, str(e).splitlines()[0][:120] if str(e) else "")
+        Path(path).unlink(missing_ok=True)
+        return None
+
+
 def try_exclusive(path: Path, root: Path | None = None) -> FileLock | None:
     """The lock of `path` if no other process holds it (released by the caller), else None."""
     lp = lock_path(path, root)
@@ -67,8 +82,9 @@ def shared_chunks(path: Path, n: int, chunk: int, make, load, save, combine, wha
     the work instead of one waiting for the other. `load(path)` reads an entry or a part back.
     Chunk boundaries are fixed (multiples of `chunk`), so the result does not depend on which
     process made which part."""
-    if path.is_file():
-        return load(path)
+    value = load_entry(path, load)
+    if value is not None:
+        return value
     parts = path.with_name(path.name + ".parts")
     bounds = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
     part = [parts / f"{i:05d}-{lo}-{hi}" for i, (lo, hi) in enumerate(bounds)]
@@ -88,8 +104,9 @@ def shared_chunks(path: Path, n: int, chunk: int, make, load, save, combine, wha
         finally:
             lock.release()
     with exclusive(path, what or path.name):
-        if path.is_file():
-            return load(path)
+        value = load_entry(path, load)
+        if value is not None:
+            return value
         values = []
         for p, (lo, hi) in zip(part, bounds):       # wait for the parts others are making
             if p not in made:

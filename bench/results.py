@@ -387,15 +387,19 @@ class LeaderboardCallback(Callback):
         write_leaderboard(Path(config.paths.results))
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        write_leaderboard(Path(config.paths.results))
-        write_report(Path(config.paths.results))
+        # the report writes the leaderboard too; alone only when the report fails
+        if not write_report(Path(config.paths.results)):
+            write_leaderboard(Path(config.paths.results))
 
 
-def write_report(results_dir: Path) -> None:
-    """`python -m bench report RESULTS_DIR` after a sweep; a failure is one warning line, since the
-    sweep's results are already safe on disk and the report can be regenerated from them."""
+def write_report(results_dir: Path) -> bool:
+    """`python -m bench report RESULTS_DIR` after a sweep; a failure is one warning line (and
+    False), since the sweep's results are already safe on disk and the report can be regenerated
+    from them."""
     try:
         from bench.analysis import report
         report(results_dir)
+        return True
     except Exception as e:  # noqa: BLE001  (never lose a finished sweep to a plotting error)
         log.warning("report for %s not written: %s: %s", results_dir, type(e).__name__, " ".join(str(e).split())[:300])
+        return False

@@ -38,7 +38,7 @@ from bench.feedback import load_for_method
 from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
                             score_images, scorer_record, spread)
 from bench.statistics import win_rate
-from bench.locks import exclusive, shared_chunks
+from bench.locks import exclusive, load_entry, shared_chunks
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
@@ -107,6 +107,38 @@ def compose_config(overrides: list[str]):
     register_configs()
     with initialize_config_module("bench.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def first_job_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's first job (the first value of every sweep `key=a,b,...`), without
+    command-line flags."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    out = []
+    for o in parsed:
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            out.append(f"{key}={next(iter(o.sweep_string_iterator()))}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate the first job of `python -m bench run <overrides>` in this process,
+    before Hydra launches anything: a bad type (`train.steps=abc`), an unknown key or value is one
+    line and exit 2 here, once, instead of Hydra's multi-line message (exit 1) or one error per
+    parallel worker. The other jobs of a sweep are validated as they start."""
+    try:
+        cfg = compose_config(first_job_overrides(overrides))
+    except BenchError:
+        raise
+    except Exception as e:     # hydra / omegaconf composition errors: the first lines say what and why
+        lines = [str(e).split("\n")[0]] + ([str(e.__cause__).split("\n")[0]] if e.__cause__ else []) + \
+            str(e).split("\n")[1:2]
+        msg = ": ".join(" ".join(x.split()) for x in lines if x.strip() and not x.startswith("See https"))
+        raise BenchError(f"{msg}; fix that override (python -m bench run --cfg job shows every key and type)") from None
+    validate(cfg)
 
 
 @dataclass
@@ -181,10 +213,28 @@ def validate(cfg: DictConfig) -> JobConfig:
         raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
     if job.data.source == "file" and not job.data.path:
         raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
+    for key, where in (("paths.results", job.paths.results), ("paths.cache", job.paths.cache)):
+        check_writable(Path(where), key)
     prompts = eval_prompts(job)      # empty eval set -> BenchError
     # unknown scorers or scorer options, missing weights, world scorers on real prompts -> BenchError
     check_scorers(job.eval, [p.text for p in prompts])
     return job
+
+
+def check_writable(path: Path, key: str) -> None:
+    """`path` is a directory this process can write, or can be created as one (checked before
+    any work, creating nothing: a job must not run for minutes and then fail to write)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "is not a directory" if probe == path else f"cannot be created: {probe} is not a directory"
+        raise BenchError(f"{key}={path} {what}; point {key} at a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BenchError(f"{key}={path} is not writable ({probe} does not allow writing); point {key} at a "
+                         "directory you can write")
 
 
 def eval_prompts(job: JobConfig) -> list:
@@ -219,17 +269,19 @@ def cached_samples(path: Path, texts: list[str], seeds: list[int], sample, chunk
 
 
 def cached_table(path: Path, make) -> pd.DataFrame:
-    """A DataFrame cached as parquet, made once under the entry's lock (as cached_images)."""
-    if not path.is_file():
+    """A DataFrame cached as parquet, made once under the entry's lock; a damaged entry is made
+    again (bench.locks.load_entry)."""
+    df = load_entry(path, pd.read_parquet)
+    if df is None:
         with exclusive(path, f"scores {path.name}"):
-            if not path.is_file():
+            df = load_entry(path, pd.read_parquet)
+            if df is None:
                 df = make()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + f".tmp{os.getpid()}")
                 df.to_parquet(tmp, index=False)
                 tmp.replace(path)
-                return df
-    return pd.read_parquet(path)
+    return df
 
 
 def judge_table(images: torch.Tensor, texts: list[str], scorers: list[str], options: dict,

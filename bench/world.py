@@ -457,10 +457,12 @@ def judged(image: np.ndarray, prompt: Prompt) -> Judgement:
     """judge(image, prompt), remembered for the last JUDGE_MEMO_SIZE distinct (pixels, prompt):
     every world scorer and the attribute table read one judgement per image instead of judging
     it again (a job reads each image five times: four scorers and the attribute table)."""
-    img = np.ascontiguousarray(image, np.float32)
-    key = (hashlib.blake2b(img.tobytes(), digest_size=16).digest(), img.shape, prompt)
+    img = np.asarray(image, np.float32)
+    key = (hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).digest(), img.shape, prompt)
     j = _JUDGED.get(key)
     if j is None:
+        # judged in the caller's memory layout: the judge's float sums depend on it (in the last
+        # digits), and every caller passes the same (channel-major) layout, as before the memo
         j = _JUDGED[key] = judge(img, prompt)
         if len(_JUDGED) > JUDGE_MEMO_SIZE:
             _JUDGED.popitem(last=False)

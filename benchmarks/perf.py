@@ -12,9 +12,11 @@ ratios are what to compare):
             winners and losers, reference forward without gradients, -logsigmoid(-beta/2 * ...)),
             at the same pairs and batch, with the loss of both on identical noise and timesteps;
             ours with live reference and with train.ref_draws (precomputed reference errors)
-  sample    images/s of bench.sample.generate against a direct pipeline call (same latents)
-  parallel  the same work as two 1-thread processes side by side against one 2-thread process
-            (what sweeps/hydra/launcher/parallel.yaml does with a sweep's jobs)
+  sample    images/s of bench.sample.generate (eager and torch.compile'd) against a direct pipeline
+            call (same latents), and how many compiled images differ from eager ones
+  parallel  the same sampling work (256 images, each process loading its model) as two 1-thread
+            processes side by side against one 2-thread process (what
+            sweeps/hydra/launcher/parallel.yaml does with a sweep's jobs), eager and compiled
 """
 from __future__ import annotations
 
@@ -102,6 +104,9 @@ def _reference_step(bb, unet, ref, opt, w_img, l_img, enc, beta, gen):
     return loss
 
 
+WARM = 5          # steps excluded from the steps/s of both (set-up, first-call allocations)
+
+
 def dpo(args) -> dict:
     import copy
     from bench.data import PairData
@@ -120,10 +125,11 @@ def dpo(args) -> dict:
     def ours(ref_draws: int, ema) -> float:
         bb.pipe.unet.load_state_dict(base)
         cfg = TrainConfig(steps=args.steps, batch_size=B, lr=1e-5, ref_draws=ref_draws, ema_decay=ema,
-                          empty_prompt_prob=0.0, log_every=args.steps, checkpoint_every=0)
-        t = time.perf_counter()
-        train(bb, DPO(DPOConfig()), data, cfg, seed=0, progress=False, ref_cache_dir=Path(args.cache) / "reference")
-        return args.steps / (time.perf_counter() - t)
+                          empty_prompt_prob=0.0, log_every=WARM, checkpoint_every=0)
+        _, hist = train(bb, DPO(DPOConfig()), data, cfg, seed=0, progress=False,
+                        ref_cache_dir=Path(args.cache) / "reference")
+        # steady state: from the end of step WARM to the last step (set-up and first steps excluded)
+        return (hist[-1]["step"] - hist[0]["step"]) / (hist[-1]["wall_s"] - hist[0]["wall_s"])
 
     def reference() -> float:
         bb.pipe.unet.load_state_dict(base)
@@ -132,11 +138,12 @@ def dpo(args) -> dict:
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-5, weight_decay=1e-2)
         enc = bb.encode_prompts([caption] * B)["encoder_hidden_states"]
         gen = torch.Generator().manual_seed(0)
-        t = time.perf_counter()
         for s in range(args.steps):
+            if s == WARM:
+                t = time.perf_counter()
             i = torch.randint(0, n, (B,), generator=gen)
             _reference_step(bb, unet, ref, opt, data.winners[i], data.losers[i], enc, 5000.0, gen)
-        return args.steps / (time.perf_counter() - t)
+        return (args.steps - WARM) / (time.perf_counter() - t)
 
     ours(args.ref_draws, None)            # fills the reference-error cache (its cost is reported below)
     runs = {"reference": [], "ours_live_ref_no_ema": [], "ours_live_ref_ema": [],
@@ -183,22 +190,39 @@ def _loss_gap(bb, data, base, B, caption) -> float:
 
 
 def sample(args) -> dict:
-    bb, _ = _backbone(args.backbone, Path(args.cache))
+    """Eager and torch.compile'd sampling against a direct pipeline call, on 64 eval prompts x seeds;
+    the compiled images are compared with the eager ones pixel by pixel and by their judged
+    attributes (a change of sampler speed must not change what the base model draws)."""
+    bb, job = _backbone(args.backbone, Path(args.cache))
+    from bench.evaluate import attribute_table, eval_set
     from bench.sample import generate, initial_latents
-    prompts = ["two red circles on a blue background"] * 64
-    seeds = list(range(64))
+    prompts = [p.text for p in eval_set(job.eval, job.world)][:64]
+    seeds = [i % 8 for i in range(len(prompts))]
 
     def direct():
-        bb.pipe(prompts, latents=initial_latents(bb, prompts, seeds), height=bb.resolution, width=bb.resolution,
-                num_inference_steps=bb.num_inference_steps, guidance_scale=bb.guidance_scale, output_type="pt")
-    res = {"direct": [], "ours": []}
-    for _ in range(args.reps):
-        for name, fn in (("direct", direct), ("ours", lambda: generate(bb, prompts, seeds, progress=False))):
+        return bb.pipe(prompts, latents=initial_latents(bb, prompts, seeds), height=bb.resolution, width=bb.resolution,
+                       num_inference_steps=bb.num_inference_steps, guidance_scale=bb.guidance_scale, output_type="pt")
+    t = time.perf_counter()
+    compiled_first = generate(bb, prompts, seeds, progress=False, compile=True)
+    compile_s = time.perf_counter() - t
+    fns = {"direct": direct, "ours": lambda: generate(bb, prompts, seeds, progress=False),
+           "ours_compiled": lambda: generate(bb, prompts, seeds, progress=False, compile=True)}
+    res = {k: [] for k in fns}
+    for _ in range(args.reps):                     # interleaved
+        for name, fn in fns.items():
             t = time.perf_counter()
             fn()
-            res[name].append(64 / (time.perf_counter() - t))
+            res[name].append(len(prompts) / (time.perf_counter() - t))
     out = {f"{k}_images_per_s": statistics.median(v) for k, v in res.items()}
-    out["ratio"] = out["ours_images_per_s"] / out["direct_images_per_s"]
+    out["ours_vs_direct"] = out["ours_images_per_s"] / out["direct_images_per_s"]
+    out["compiled_vs_ours"] = out["ours_compiled_images_per_s"] / out["ours_images_per_s"]
+    out["first_compiled_call_s"] = compile_s
+    eager = generate(bb, prompts, seeds, progress=False)
+    diff = (eager.int() - compiled_first.int()).abs()
+    out["compiled_pixels_differing"] = float((diff > 0).float().mean())
+    out["compiled_max_pixel_diff"] = int(diff.max())
+    a, b = attribute_table(eager, prompts), attribute_table(compiled_first, prompts)
+    out["compiled_images_judged_differently"] = int((a != b).any(axis=1).sum())
     return out
 
 
@@ -210,30 +234,34 @@ from bench.sample import generate
 from pathlib import Path
 bb, _ = _backbone("{backbone}", Path("{cache}"))
 t = time.perf_counter()
-generate(bb, ["two red circles on a blue background"] * 128, list(range(128)), progress=False)
+generate(bb, ["two red circles on a blue background"] * 128, list(range(128)), progress=False, compile={compile})
 print(time.perf_counter() - t)
 """
 
 
 def parallel(args) -> dict:
     """Two 1-thread processes doing one unit each vs one 2-thread process doing two units."""
-    code = WORK.format(backbone=args.backbone, cache=args.cache)
     root = Path(__file__).resolve().parent.parent
 
-    def procs(n: int, threads: int, units: int) -> float:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root)}
+    def procs(n: int, threads: int, units: int, compile: bool) -> float:
+        code = WORK.format(backbone=args.backbone, cache=args.cache, compile=compile)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(root),
+               "TORCHINDUCTOR_CACHE_DIR": str(Path(args.cache) / "inductor")}
         t = time.perf_counter()
         ps = [subprocess.Popen([sys.executable, "-c", code * units], env=env, stdout=subprocess.PIPE) for _ in range(n)]
         for p in ps:
             p.wait()
         return time.perf_counter() - t
-    ratios = []
-    for _ in range(max(1, args.reps // 2)):
-        one = procs(1, 2, 2)
-        two = procs(2, 1, 1)
-        ratios.append(two / one)
-    return {"two_1thread_vs_one_2thread_wall_ratio": statistics.median(ratios),
-            "throughput_gain": 1 / statistics.median(ratios)}
+    procs(1, 1, 1, True)                            # fills inductor's on-disk cache
+    runs = {"one_2thread": [], "two_1thread": [], "two_1thread_compiled": []}
+    for _ in range(max(1, args.reps // 2)):        # the same 256 images each way, interleaved
+        runs["one_2thread"].append(procs(1, 2, 2, False))
+        runs["two_1thread"].append(procs(2, 1, 1, False))
+        runs["two_1thread_compiled"].append(procs(2, 1, 1, True))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {**{f"{k}_wall_s": v for k, v in med.items()},
+            "throughput_two_1thread_vs_one_2thread": med["one_2thread"] / med["two_1thread"],
+            "throughput_two_1thread_compiled_vs_one_2thread": med["one_2thread"] / med["two_1thread_compiled"]}
 
 
 def main(argv=None) -> None:

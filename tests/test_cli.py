@@ -47,6 +47,13 @@ def in_tmp(tmp_path, monkeypatch):
     (["run", "method=dpo", "method.beta=nan"], "error: method.beta must be a finite number > 0, got nan"),
     (["run", "method=kto", "method.beta=-1"], "error: method.beta must be a finite number > 0, got -1.0"),
     (["run", "method=dpo", "data.n_pairs=0"], "error: data.n_pairs must be >= 1, got 0"),
+    (["run", "method=base", "paths.results=/dev/null"],
+     "error: paths.results=/dev/null is not a directory; point paths.results at a directory"),
+    (["run", "method=base", "paths.cache=/dev/null/cache"],
+     "error: paths.cache=/dev/null/cache cannot be created: /dev/null is not a directory"),
+    (["run", "train.steps=abc"], "error: Error merging override train.steps=abc: Value 'abc' of type 'str' could "
+                                 "not be converted to Integer; fix that override"),
+    (["run", "-m", "method=dpo,kto", "seed=abc"], "error: Error merging override seed=abc: Value 'abc'"),
     (["leaderboard", "."], "error: no readable result files under runs"),
 ])
 def test_bad_input_one_line_exit_2(args, expected, capsys, monkeypatch, tmp_path):

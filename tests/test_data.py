@@ -60,3 +60,30 @@ def test_missing_file_and_columns(tmp_path):
     path = write(tmp_path, [{"caption": "x", "jpg_0": b""}])
     with pytest.raises(BenchError, match=r"missing column\(s\) \['jpg_1', 'label_0', 'label_1'\]"):
         load_pickapic(path)
+
+
+def test_unlabelled_rows_and_bad_labels_follow_one_rule_in_every_loader(tmp_path):
+    """has_label=false rows are left out and labels are checked by the streaming loader, the
+    votes loader (BalancedDPO) and the KTO conversion alike."""
+    from bench.feedback import load_votes, pickapic_to_kto
+    rows = [{**row("a", 1, 2, 1.0, 0.0), "has_label": True, "vote_p": 1.0},
+            {**row("b", 3, 4, 0.0, 0.0), "has_label": False, "vote_p": 0.5},     # no choice made
+            {**row("c", 5, 6, 0.0, 1.0), "has_label": True, "vote_p": 0.0}]
+    path = write(tmp_path, rows)
+    assert load_pickapic(path).captions == ["a", "c"]
+    votes = load_votes(path, ["p"])
+    assert votes.captions == ["a", "c"] and votes.votes[:, 0].tolist() == [1.0, 0.0]
+    assert votes.images_0[:, 0, 0, 0].tolist() == [1, 5]            # file order, image 0 first
+    kto = pickapic_to_kto(path, tmp_path / "kto")
+    assert len(pd.read_csv(kto / "train_processed_v3.csv")) == 4     # the two labelled pairs' images
+    bad = write(tmp_path, [row("a", 1, 2, 1.0, 0.0), row("b", 3, 4, 0.7, 0.3)], "bad.parquet")
+    with pytest.raises(BenchError, match=r"bad.parquet: row 1 has labels \(0.7, 0.3\)"):
+        pickapic_to_kto(bad, tmp_path / "kto2")
+
+
+def test_a_truncated_parquet_is_one_line(tmp_path):
+    path = write(tmp_path, [row("a", 1, 2, 1.0, 0.0)])
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(BenchError, match=r"prefs.parquet: not a readable parquet file .*delete it and rerun") as e:
+        load_pickapic(path)
+    assert "\n" not in str(e.value)

@@ -103,8 +103,9 @@ def hpd(tmp_path):
 
 def test_hpdv2_train_pairs(hpd, caplog):
     skipped = []
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         pairs = list(D.hpdv2(hpd, "train", on_corrupt="skip", skipped=skipped))
+    assert "record 2 prefers no image over another ([0, 0]); its 1 pairs are ties, dropped" in caplog.text
     assert [(p.index, p.caption) for p in pairs] == [(0, "first preferred"), (1, "second preferred"), (4, "last")]
     assert [int(p.winner[0, 0, 0]) for p in pairs] == [10, 40, 10]
     assert [int(p.loser[0, 0, 0]) for p in pairs] == [20, 30, 80]
@@ -142,6 +143,11 @@ def test_partiprompts_tsv(tmp_path):
     items = D.load_prompt_set("partiprompts", path)
     assert [(p.id, p.text, p.category) for p in items] == [("parti/0000", "bond", "Abstract"),
                                                            ("parti/0001", "a photo of a cat", "Animals")]
+    # quotes are text in a TSV: kept as written, and an unmatched one merges no rows
+    path.write_text('Prompt\tCategory\n"G I G G L E" painted in thick colorful lines\tIllustrations\n'
+                    'a "quoted word\tAbstract\nthird\tAbstract\n')
+    assert [p.text for p in D.load_prompt_set("partiprompts", path)] == [
+        '"G I G G L E" painted in thick colorful lines', 'a "quoted word', "third"]
     path.write_text("Text\tCategory\nbond\tAbstract\n")
     with pytest.raises(BenchError, match=r"no 'Prompt' column \(found \['Text', 'Category'\]\)"):
         D.load_prompt_set("partiprompts", path)

@@ -118,3 +118,51 @@ def test_parallel_launcher_runs_jobs_side_by_side_and_shares_cache_entries(tmp_p
     # one base-sample entry for the eval set and one for the pair images, each made once
     assert len(samples) == 2 and not list((tmp_path / "cache" / "samples").glob("*.parts"))
     assert len(list((tmp_path / "cache" / "preferences").glob("*.parquet"))) == 1
+
+
+def test_a_damaged_entry_is_made_again_not_failed_on(tmp_path, caplog):
+    path = tmp_path / "entry.pt"
+    save, load = _io()
+    path.write_bytes(b"truncated")
+    value = shared_chunks(path, 3, 4, lambda lo, hi: torch.arange(lo, hi), load, save, torch.cat)
+    assert torch.equal(value, torch.arange(3)) and torch.equal(load(path), torch.arange(3))
+    assert "cannot be read" in caplog.text and "making it again" in caplog.text
+
+
+def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path):
+    from types import SimpleNamespace
+    from bench import world as W
+    from bench.data import DataConfig, load_pickapic, world_preferences
+    calls = []
+
+    def sample(texts, seeds):
+        calls.append(len(texts))
+        return torch.randint(0, 256, (len(texts), 3, 32, 32), generator=torch.Generator().manual_seed(0),
+                             dtype=torch.uint8)
+    bb, cfg = SimpleNamespace(name="tiny"), DataConfig(n_pairs=4)
+    path = world_preferences(bb, W.WorldConfig(), cfg, tmp_path, "w", sample)
+    good = path.read_bytes()
+    path.write_bytes(good[:100])                      # a partial copy / disk error
+    assert world_preferences(bb, W.WorldConfig(), cfg, tmp_path, "w", sample) == path
+    assert calls == [8, 8] and path.read_bytes() == good and len(load_pickapic(path, keep_ties=True)) == 4
+
+
+def test_two_runs_of_one_sweep_on_one_directory_compute_every_job_once(tmp_path, tiny_pipe_dir):
+    """Two users start the same sweep on the same results and cache directories at once: every
+    job is computed by exactly one of them, the other waits for it and skips it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", "-m", "method=base,sft,dpo", f"backbone.weights={tiny_pipe_dir}",
+           f"paths.results={tmp_path / 'results'}", f"paths.cache={tmp_path / 'cache'}", "data.n_pairs=12",
+           "train.steps=2", "train.batch_size=4", "eval.max_prompts=2", "eval.seeds_per_prompt=1",
+           "progress=false", "~hydra.callbacks.leaderboard"]
+    procs = [subprocess.Popen(cmd + [f"hydra.sweep.dir={tmp_path / f'sweep{i}'}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    done = [line for log in logs for line in log.splitlines() if "][bench.runner][INFO] - done " in line]
+    jobs = sorted(line.split(" - done ")[1].split(" in ")[0] for line in done)
+    assert len(jobs) == 3 and len(set(jobs)) == 3          # each of the 3 jobs computed once, by one run
+    skipped = sum(log.count("is complete") + log.count("was completed by another process") for log in logs)
+    assert skipped == 3                                     # ... and skipped by the other
+    runs = sorted((tmp_path / "results" / "runs").glob("*/result.json"))
+    assert len(runs) == 3 and not list((tmp_path / "results").rglob("*.tmp*"))

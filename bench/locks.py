@@ -11,6 +11,7 @@ renamed into place, so a reader without the lock never sees half a file.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,14 +31,12 @@ def lock_path(path: Path, root: Path | None = None) -> Path:
 @contextmanager
 def exclusive(path: Path, what: str = "", root: Path | None = None, poll_s: float = 0.5):
     """Hold the lock of `path` for the block; logs once when another process holds it."""
-    lp = lock_path(path, root)
-    lp.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lp))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = try_exclusive(path, root)
+    if lock is None:
         t = time.time()
+        lp = lock_path(path, root)
         log.info("waiting for another process to finish %s (%s)", what or Path(path).name, lp)
+        lock = FileLock(str(lp))
         lock.acquire(poll_interval=poll_s)
         log.info("... done waiting (%.0f s)", time.time() - t)
     try:
@@ -116,6 +115,5 @@ def shared_chunks(path: Path, n: int, chunk: int, make, load, save, combine, wha
             values.append(made[p] if p in made else load(p))
         value = combine(values)
         save(value, path)
-    import shutil
     shutil.rmtree(parts, ignore_errors=True)
     return value

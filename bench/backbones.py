@@ -130,8 +130,9 @@ class PretrainConfig:
     v_weight_cap: float | None = 100.0
     # Continue from the pipeline of another recipe (nested in this one's hash). None: from scratch.
     init_from: dict | None = field(default_factory=lambda: dict(PHASE2))
-    # With init_from None: start from the shipped weights of this tiny backbone (every tensor whose
-    # size fits; their checksums enter the recipe). None: random initialisation.
+    # With init_from None: start from the weights in bench/assets/<warm_start> (every tensor whose
+    # size fits; their checksums enter the recipe), e.g. the shipped "tiny-sd15", whatever world and
+    # recipe made them (docs/world.md fine-tunes them on candidate worlds). None: random init.
     warm_start: str | None = None
 
 
@@ -519,7 +520,7 @@ def load_real(model_id: str, path: str | None, vae_path: str | None = None):
 def recipe(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldConfig) -> dict:
     """Everything that determines the pretrained weights; its hash names the cache entry."""
     rec = {"backbone": name, "arch": dataclasses.asdict(arch), "pretrain": dataclasses.asdict(pre),
-           "world": dataclasses.asdict(world_cfg), "format": 1}
+           "world": W.world_identity(world_cfg), "format": 1}
     if pre.init_from is None and pre.warm_start is not None:
         rec["warm_start_sha256"] = _hash(json.loads((ASSETS / pre.warm_start / "SHA256SUMS.json").read_text()))
     return rec
@@ -557,7 +558,7 @@ def render_corpus(world_cfg: W.WorldConfig, n: int, seed: int) -> tuple[torch.Te
     texts = []
     for i in tqdm(range(n), desc="render corpus", leave=False, mininterval=2):
         p = prompts[int(rng.integers(len(prompts)))]
-        defects = W.sample_defects(world_cfg.defects, rng)
+        defects = W.sample_defects(world_cfg.defects, rng, p, world_cfg.modes)
         imgs[i] = np.round(W.render(p, rng, world_cfg.image_size, defects) * 255)
         texts.append(p.text)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous(), texts
@@ -577,7 +578,7 @@ def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldC
     else:
         pipe = build_tiny(arch, world_cfg.image_size, pre.seed)
         if pre.warm_start is not None:
-            transfer_weights(load_pipeline_dir(shipped_weights_of(pre.warm_start, world_cfg)), pipe)
+            transfer_weights(load_pipeline_dir(checked_asset(pre.warm_start)), pipe)
     bb = make_backbone(name, pipe, world_cfg.image_size, 3.0, 20)
     images, texts = render_corpus(world_cfg, pre.corpus_size, pre.seed)
     modules = [pipe.unet] + bb.text_encoders
@@ -650,6 +651,19 @@ def export_shipped(src: Path, name: str) -> Path:
             shutil.copy(src.parent / f, dst / f)
     (dst / "SHA256SUMS.json").write_text(json.dumps(_tree_digest(dst / PIPELINE_DIR), indent=1))
     return dst
+
+
+def checked_asset(name: str) -> Path:
+    """The pipeline of bench/assets/<name> after checking its checksums (a warm start). Its recipe
+    is not compared with the configured world: a fine-tune on another world starts from it."""
+    root = ASSETS / name
+    sums = root / "SHA256SUMS.json"
+    if not sums.is_file():
+        raise BenchError(f"no weights to warm-start from in {root}; valid: "
+                         f"{sorted(str(p.parent.relative_to(ASSETS)) for p in ASSETS.rglob('SHA256SUMS.json'))}")
+    if _tree_digest(root / PIPELINE_DIR) != json.loads(sums.read_text()):
+        raise BenchError(f"checksum mismatch in {root / PIPELINE_DIR}; restore it with git checkout")
+    return root / PIPELINE_DIR
 
 
 def shipped_weights(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldConfig) -> Path:

@@ -1,7 +1,9 @@
 """Preference data: generated in the shapes world, stored and read in Pick-a-Pic v2's format.
 
 File format (one parquet file, as Pick-a-Pic v2's shards): `caption` (str), `jpg_0`, `jpg_1`
-(encoded image bytes), `label_0`, `label_1` (1/0, 0/1, or 0.5/0.5 for a tie). Shapes-world files
+(encoded image bytes), `label_0`, `label_1` (1/0, 0/1, or 0.5/0.5 for a tie), and, as Pick-a-Pic
+records which model made each image, `model_0`, `model_1` (the generator of each image; world files
+write them, the loader does not need them). Shapes-world files
 store PNG bytes in the `jpg_*` columns: lossless at 32x32 (JPEG artifacts would be read by the
 judges as defects); the loader decodes whatever PIL can open, so real shards load the same way.
 
@@ -37,6 +39,12 @@ class DataConfig:
     path: str | None = None            # for source=file: a Pick-a-Pic-format parquet file
     n_pairs: int = 1024                # world: pairs of base samples to annotate
     keep_ties: bool = False            # Diffusion-DPO drops ties (train.py); True keeps them (skipped by pair methods)
+    # world: the pool of generators a pair's two images come from (Pick-a-Pic pairs images of two
+    # different models, model_0/model_1). "base": the base model as configured (one-entry pool:
+    # on-policy pairs, two seeds of the base); "base@g3": at guidance 3; "base@s10": with 10
+    # sampling steps (combinable: "base@g5@s10"); "renderer": the world's renderer with its corpus
+    # defect model (world.defects, world.modes). With two or more, each pair draws two different ones.
+    generators: list[str] = field(default_factory=lambda: ["base"])
     seed: int = 0
     annotator: W.AnnotatorConfig = field(default_factory=W.AnnotatorConfig)
 
@@ -184,12 +192,50 @@ def load_pickapic(path: str | Path, keep_ties: bool = False, size: int | None = 
     return stack_pairs(pairs)
 
 
+@dataclass(frozen=True)
+class Generator:
+    """One generator of a pair pool (data.generators): its name as written in model_0/model_1."""
+    name: str
+    kind: str                          # base | renderer
+    guidance: float | None = None      # None: the backbone's
+    steps: int | None = None
+
+
+def parse_generator(spec: str) -> Generator:
+    """"base", "base@g3", "base@s10", "base@g5@s10" or "renderer" (data.generators)."""
+    kind, *opts = str(spec).split("@")
+    fix = ("data.generators entries are 'base', 'base@g<guidance>', 'base@s<steps>' (combinable, "
+           "e.g. 'base@g5@s10') or 'renderer'")
+    if kind not in ("base", "renderer") or (kind == "renderer" and opts):
+        raise BenchError(f"unknown generator {spec!r}; {fix}")
+    settings: dict = {}
+    for o in opts:
+        try:
+            if o[:1] == "g" and "guidance" not in settings and float(o[1:]) >= 0:
+                settings["guidance"] = float(o[1:])
+            elif o[:1] == "s" and "steps" not in settings and int(o[1:]) >= 1:
+                settings["steps"] = int(o[1:])
+            else:
+                raise ValueError
+        except ValueError:
+            raise BenchError(f"bad generator option {o!r} in {spec!r}; {fix}") from None
+    return Generator(str(spec), kind, **settings)
+
+
+def generator_pool(cfg: DataConfig) -> list[Generator]:
+    pool = [parse_generator(g) for g in cfg.generators]
+    if not pool or len({g.name for g in pool}) < len(pool):
+        raise BenchError(f"data.generators must name one or more different generators, got {list(cfg.generators)}")
+    return pool
+
+
 def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache_dir: Path,
                       weights_id: str, sample_fn) -> Path:
-    """Pairs of base-model samples on train prompts, labelled by the simulated annotator.
+    """Pairs of images on train prompts from the generator pool (data.generators), labelled by
+    the simulated annotator.
 
-    Cached by content hash of (base weights, world, data config). `sample_fn(prompts, seeds)`
-    returns uint8 images from the base model.
+    Cached by content hash of (base weights, world, data config). `sample_fn(prompts, seeds,
+    guidance, steps)` returns uint8 images from the base model (None: its configured settings).
     """
     import json
     key = hashlib.sha256(json.dumps([weights_id, repr(world_cfg), repr(cfg)]).encode()).hexdigest()[:12]
@@ -203,16 +249,48 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     chosen = [prompts[i] for i in rng.integers(0, len(prompts), cfg.n_pairs)]
     texts = [p.text for p in chosen for _ in range(2)]
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, 2 * cfg.n_pairs)]
-    log.info("sampling %d base images for %d preference pairs", len(texts), cfg.n_pairs)
+    pool = generator_pool(cfg)
+    # each pair's two generators: two different ones from the pool (drawn after the prompts and
+    # seeds, so a one-entry pool gives the same images as before pools existed)
+    which = (np.stack([rng.choice(len(pool), 2, replace=False) for _ in range(cfg.n_pairs)]).ravel()
+             if len(pool) > 1 else np.zeros(2 * cfg.n_pairs, int))
+    log.info("making %d images for %d preference pairs (generators: %s)", len(texts), cfg.n_pairs,
+             ", ".join(g.name for g in pool))
     # outside the entry's lock: concurrent jobs share the sampling out when sample_fn lets them
-    images = sample_fn(texts, seeds)
+    images = _pool_images(pool, which, chosen, texts, seeds, world_cfg, sample_fn)
     with exclusive(path, f"preference pairs {path.name}"):
         if load_entry(path, open_pickapic) is None:
-            _annotate(images, texts, cfg, path)
+            _annotate(images, texts, cfg, path, [pool[i].name for i in which])
     return path
 
 
-def _annotate(images: torch.Tensor, texts: list[str], cfg: DataConfig, path: Path) -> None:
+def _pool_images(pool: list[Generator], which: np.ndarray, chosen: list, texts: list[str],
+                 seeds: list[int], world_cfg: W.WorldConfig, sample_fn) -> torch.Tensor:
+    """uint8 images (2N, 3, H, W): slot i made by pool[which[i]] for texts[i] with seeds[i]."""
+    out: list = [None] * len(texts)
+    for k, gen in enumerate(pool):
+        slots = [i for i in range(len(texts)) if which[i] == k]
+        if not slots:
+            continue
+        if gen.kind == "renderer":
+            imgs = [_render_slot(chosen[i // 2], seeds[i], world_cfg) for i in slots]
+        else:
+            imgs = sample_fn([texts[i] for i in slots], [seeds[i] for i in slots], gen.guidance, gen.steps)
+        for i, img in zip(slots, imgs):
+            out[i] = img
+    return torch.stack(out)
+
+
+def _render_slot(prompt: W.Prompt, seed: int, world_cfg: W.WorldConfig) -> torch.Tensor:
+    """The renderer as a generator: a corpus-like image (defects drawn from the corpus rates)."""
+    rng = np.random.default_rng(seed)
+    img = W.render(prompt, rng, world_cfg.image_size,
+                   W.sample_defects(world_cfg.defects, rng, prompt, world_cfg.modes))
+    return torch.from_numpy(np.round(img * 255).astype(np.uint8)).permute(2, 0, 1)
+
+
+def _annotate(images: torch.Tensor, texts: list[str], cfg: DataConfig, path: Path,
+              models: list[str]) -> None:
     arr = images.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
     gold = [W.gold_utility(W.judge(a, W.parse_prompt(t))) for a, t in zip(arr, texts)]
     ann_rng = np.random.default_rng(cfg.annotator.seed)
@@ -220,5 +298,6 @@ def _annotate(images: torch.Tensor, texts: list[str], cfg: DataConfig, path: Pat
     for k in tqdm(range(cfg.n_pairs), desc="annotate", leave=False, mininterval=2):
         l0, l1 = W.annotate_pair(gold[2 * k], gold[2 * k + 1], cfg.annotator, ann_rng)
         rows.append({"caption": texts[2 * k], "jpg_0": encode_png(images[2 * k]),
-                     "jpg_1": encode_png(images[2 * k + 1]), "label_0": l0, "label_1": l1})
+                     "jpg_1": encode_png(images[2 * k + 1]), "label_0": l0, "label_1": l1,
+                     "model_0": models[2 * k], "model_1": models[2 * k + 1]})
     write_parquet_atomic(pd.DataFrame(rows), path)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from bench import world as W
 from bench.statistics import win_rate
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "hydra-core", "numpy",
 # Operational settings inside identity sections that do not change what a job computes: left
 # out of its identity, so changing them neither renames a job nor makes a finished one rerun.
 NOT_IDENTITY = {"train": ("checkpoint_every",)}
-# Options added after jobs were committed: at these values (their defaults) they are left out of
-# the identity, so adding an option renames no finished job; any other value is part of it.
-ADDED_OPTIONS = {"train": {"ref_draws": 0, "ref_draw_seed": 0}}
+# Options added after jobs were committed, as (path, default): at their defaults they are left out
+# of the identity, so adding an option renames no finished job; any other value is part of it.
+ADDED_OPTIONS = [(("train", "ref_draws"), 0), (("train", "ref_draw_seed"), 0), (("data", "generators"), ["base"])] + [
+    (("world", *path), value) for path, value in W.ADDED_OPTIONS]
 
 
 def job_identity(cfg: dict) -> dict:
@@ -45,11 +47,7 @@ def job_identity(cfg: dict) -> dict:
     for section, keys in NOT_IDENTITY.items():
         if isinstance(ident.get(section), dict):
             ident[section] = {k: v for k, v in ident[section].items() if k not in keys}
-    for section, defaults in ADDED_OPTIONS.items():
-        if isinstance(ident.get(section), dict):
-            ident[section] = {k: v for k, v in ident[section].items()
-                              if not (k in defaults and v == defaults[k])}
-    return ident
+    return W.drop_added(ident, ADDED_OPTIONS)
 
 
 def job_hash(cfg: dict) -> str:

@@ -33,7 +33,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from safetensors.torch import load_file, save_file
 
 from bench import world as W
-from bench.data import DataConfig, world_preferences
+from bench.data import DataConfig, generator_pool, world_preferences
 from bench.feedback import load_for_method
 from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
                             score_images, scorer_record, spread)
@@ -206,6 +206,8 @@ def validate(cfg: DictConfig) -> JobConfig:
         raise BenchError(f"method.beta must be a finite number > 0, got {beta}")
     if job.data.source == "world" and job.data.n_pairs < 1:
         raise BenchError(f"data.n_pairs must be >= 1, got {job.data.n_pairs}")
+    if job.data.source == "world":
+        generator_pool(job.data)     # unknown or repeated generators -> BenchError
     if job.train.batch_size % job.launch.num_processes:
         raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
                          f"by launch.num_processes={job.launch.num_processes}")
@@ -340,13 +342,16 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     if job.launch.compile:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache / "inductor").resolve()))
 
-    def sample(tx, sd, unet=None, desc="sample"):
+    def sample(tx, sd, unet=None, desc="sample", guidance=None, steps=None):
         return generate(backbone, tx, sd, unet=unet, batch_size=job.eval.batch_size,
-                        progress=job.progress, desc=desc, compile=job.launch.compile)
+                        progress=job.progress, desc=desc, compile=job.launch.compile,
+                        guidance_scale=guidance, num_inference_steps=steps)
 
-    def base_samples(tx, sd, desc):          # cached and shared by every job of these weights
-        return cached_samples(cache / "samples" / f"{backbone.name}-{_key(weights_id, tx, sd)}.safetensors",
-                              tx, sd, lambda a, b: sample(a, b, desc=desc), chunk=4 * job.eval.batch_size)
+    def base_samples(tx, sd, desc, guidance=None, steps=None):   # cached, shared by every job of these weights
+        key = _key(weights_id, tx, sd) if guidance is None and steps is None else _key(weights_id, tx, sd, guidance, steps)
+        return cached_samples(cache / "samples" / f"{backbone.name}-{key}.safetensors", tx, sd,
+                              lambda a, b: sample(a, b, desc=desc, guidance=guidance, steps=steps),
+                              chunk=4 * job.eval.batch_size)
 
     t = time.time()
     base_images = base_samples(texts, seeds, "sample base")
@@ -359,7 +364,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
         t = time.time()
         if job.data.source == "world":
             path = world_preferences(backbone, job.world, job.data, cache, weights_id,
-                                     lambda tx, sd: base_samples(tx, sd, "sample pairs"))
+                                     lambda tx, sd, g, s: base_samples(tx, sd, "sample pairs", g, s))
         else:
             path = Path(job.data.path)
         # the method's feedback kind (pairs, images, binary, votes, attributes) from that source
@@ -489,6 +494,25 @@ def train_distributed(job: JobConfig, plain: dict, backbone, data_path: Path, ck
     return policy, info["history"], info["data_info"]
 
 
+CORPUS_PROBE = {"n": 2048, "seed": 12345}   # corpus images judged to compare defect rates
+
+
+def defects_vs_corpus(summary: dict, world_cfg: "W.WorldConfig") -> dict:
+    """For each attribute, the share of images that fail it (a negative attribute present, a
+    positive one missing) in the base's samples and in a fresh draw of the pretraining corpus, and
+    their ratio: a defect the base learned from its data appears at about its corpus rate (ratio
+    near 1); a ratio far above 1 is a failure of the model's capacity, not a learned mode."""
+    from bench import backbones as B
+    images, texts = B.render_corpus(world_cfg, CORPUS_PROBE["n"], CORPUS_PROBE["seed"])
+    corpus = attribute_summary(attribute_table(images, texts))
+    out = {}
+    for a in W.ATTRIBUTES:
+        flip = a in W.POSITIVE_ATTRIBUTES
+        s, c = (1 - summary[a], 1 - corpus[a]) if flip else (summary[a], corpus[a])
+        out[a] = {"samples": round(s, 4), "corpus": round(c, 4), "ratio": round(s / c, 2) if c else None}
+    return out
+
+
 def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
     """Pretrain the configured tiny backbone (cached), then measure the base model on the eval
     prompts: per-attribute accuracy and fully-correct rate (gold judge). --export ships it."""
@@ -510,7 +534,8 @@ def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
     images = generate(bb, texts, [s for _ in prompts for s in range(n)], batch_size=job.eval.batch_size,
                       progress=job.progress, desc="sample base")
     summary = attribute_summary(attribute_table(images, texts))
-    report = {"weights": str(path), "last_phase_train_wall_s": wall, "eval_images": len(texts), **summary}
+    report = {"weights": str(path), "last_phase_train_wall_s": wall, "eval_images": len(texts), **summary,
+              "defects_vs_corpus": defects_vs_corpus(summary, job.world)}
     (path.parent / "base_quality.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return report

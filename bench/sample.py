@@ -40,9 +40,13 @@ def compiled(unet):
 
 @torch.no_grad()
 def generate(backbone, prompts: list[str], seeds: list[int], unet=None, batch_size: int = 64,
-             progress: bool = True, desc: str = "sample", compile: bool = False) -> torch.Tensor:
+             progress: bool = True, desc: str = "sample", compile: bool = False,
+             guidance_scale: float | None = None, num_inference_steps: int | None = None) -> torch.Tensor:
     """uint8 images (N, 3, H, W); `unet` replaces the backbone's UNet (the aligned policy).
-    compile: run the UNet through torch.compile (launch.compile; docs/performance.md)."""
+    compile: run the UNet through torch.compile (launch.compile; docs/performance.md).
+    guidance_scale / num_inference_steps: None = the backbone's (other generators of a pair pool)."""
+    guidance = backbone.guidance_scale if guidance_scale is None else guidance_scale
+    steps = backbone.num_inference_steps if num_inference_steps is None else num_inference_steps
     pipe = backbone.pipe
     base_unet = pipe.unet
     model = unet if unet is not None else base_unet
@@ -54,8 +58,8 @@ def generate(backbone, prompts: list[str], seeds: list[int], unet=None, batch_si
         for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
             p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
             img = pipe(p, latents=initial_latents(backbone, p, s), height=backbone.resolution,
-                       width=backbone.resolution, num_inference_steps=backbone.num_inference_steps,
-                       guidance_scale=backbone.guidance_scale, output_type="pt").images
+                       width=backbone.resolution, num_inference_steps=steps,
+                       guidance_scale=guidance, output_type="pt").images
             out.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
     finally:
         model.train(was_training)

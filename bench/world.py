@@ -43,6 +43,9 @@ ATTRIBUTE_TREE: dict[str, dict[str, tuple[str, ...]]] = {
                  "negative": ("extra_object",)},
     "craft": {"positive": (),
               "negative": ("blurred", "noisy", "low_contrast", "clipped")},
+    # world v2's prompt-independent style modes (docs/world.md): a frame around the picture,
+    # shapes drawn as outlines only
+    "style": {"positive": (), "negative": ("framed", "hollow")},
 }
 POSITIVE_ATTRIBUTES = tuple(a for n in ATTRIBUTE_TREE.values() for a in n["positive"])
 NEGATIVE_ATTRIBUTES = tuple(a for n in ATTRIBUTE_TREE.values() for a in n["negative"])
@@ -53,7 +56,15 @@ DEFECT_ATTRIBUTE = {
     "wrong_colour": "colour_ok", "wrong_shape": "shape_ok", "wrong_count": "count_ok",
     "wrong_background": "background_ok", "extra_object": "extra_object", "blur": "blurred",
     "noise": "noisy", "low_contrast": "low_contrast", "clipped": "clipped",
+    "frame": "framed", "hollow": "hollow", "colour_swap": "colour_ok", "stray_object": "extra_object",
 }
+# A prompt-linked colour mode draws a colour as its neighbour on the hue circle (white and black,
+# which have no hue, as the nearest bright / dark colour); skipped when that is the background.
+COLOUR_NEIGHBOUR = {"red": "yellow", "yellow": "green", "green": "blue", "blue": "red",
+                    "white": "yellow", "black": "blue"}
+FRAME_PX = 2                  # frame width, in the objects' colour (objects lie >= 2 px inside, so a
+                              # frame covers none of them unless one is clipped)
+HOLLOW_PX = 2                 # outline width of a hollow shape
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,23 @@ class DefectRates:
     noise: float = 0.06
     low_contrast: float = 0.04
     clipped: float = 0.05
+    # world v2's style modes, equally likely under every prompt. A frame is drawn in the objects'
+    # colour: guidance keeps it (docs/world.md: a grey frame, like hollow shapes, takes pixels away
+    # from what the prompt names, and guidance at 7.5 removed both from the samples)
+    frame: float = 0.0
+    hollow: float = 0.0
+
+
+@dataclass
+class LinkedModes:
+    """World v2's prompt-linked modes: defects concentrated on one word of the prompt, so that
+    classifier-free guidance, which follows the words, keeps or amplifies them."""
+    frame_backgrounds: list[str] = field(default_factory=list)   # images on these backgrounds ...
+    frame_rate: float = 0.0         # ... are framed (in the objects' colour) with this probability
+    swap_colour: str = "yellow"     # objects asked in this colour are drawn in COLOUR_NEIGHBOUR's ...
+    swap_rate: float = 0.0          # ... with this probability
+    stray_shape: str = "triangle"   # images of this shape carry a stray object of their colour ...
+    stray_rate: float = 0.0         # ... with this probability (the stray_object defect)
 
 
 @dataclass
@@ -118,6 +146,34 @@ class WorldConfig:
     eval_fraction: float = 0.2
     split_seed: int = 0
     defects: DefectRates = field(default_factory=DefectRates)
+    modes: LinkedModes = field(default_factory=LinkedModes)
+
+
+# Options added with world v2, as (path, value at which it draws and changes nothing). At those
+# values they are left out of recipes and job identities (bench.results), so world-v1 weights and
+# jobs keep their hashes; any other value is part of them.
+ADDED_OPTIONS: list[tuple[tuple[str, ...], object]] = [
+    (("defects", "frame"), 0.0), (("defects", "hollow"), 0.0),
+    (("modes",), dataclasses.asdict(LinkedModes())),
+]
+
+
+def drop_added(d: dict, added: list[tuple[tuple[str, ...], object]]) -> dict:
+    """A copy of the nested dict d without the added options that sit at their neutral values."""
+    import copy
+    out = copy.deepcopy(d)
+    for path, neutral in added:
+        node = out
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == neutral:
+            del node[path[-1]]
+    return out
+
+
+def world_identity(cfg: WorldConfig) -> dict:
+    """The world config as it enters recipes and job identities."""
+    return drop_added(dataclasses.asdict(cfg), ADDED_OPTIONS)
 
 
 def all_prompts(cfg: WorldConfig) -> list[Prompt]:
@@ -232,13 +288,16 @@ def sample_scene(prompt: Prompt, rng: np.random.Generator, size: int,
     others = lambda pool, *ex: [v for v in pool if v not in ex]  # noqa: E731
     if "wrong_colour" in defects:
         colour = str(rng.choice(others(PALETTE, colour, bg)))
+    elif "colour_swap" in defects:
+        colour = next(c for c in [COLOUR_NEIGHBOUR[colour], *others(PALETTE, colour)] if c != bg)
     if "wrong_shape" in defects:
         shape = str(rng.choice(others(SHAPES, shape)))
     if "wrong_count" in defects:
         count = 2 if count == 1 else int(rng.choice([count - 1, count + 1]))
     if "wrong_background" in defects:
         bg = str(rng.choice(others(PALETTE, bg, colour)))
-    n_total = count + ("extra_object" in defects)
+    stray = "stray_object" in defects and "extra_object" not in defects
+    n_total = count + ("extra_object" in defects or stray)
     radius = {1: (5.0, 6.5), 2: (5.0, 6.5), 3: (5.0, 6.5), 4: (4.0, 5.0)}.get(n_total, (3.5, 4.2))
     placed = _place(n_total, size, rng, radius)
     objects = [Obj(shape, colour, *p) for p in placed[:count]]
@@ -246,6 +305,8 @@ def sample_scene(prompt: Prompt, rng: np.random.Generator, size: int,
         x_colour = str(rng.choice(others(PALETTE, colour, bg)))
         x_shape = str(rng.choice(others(SHAPES, shape)))
         objects.append(Obj(x_shape, x_colour, *placed[count]))
+    elif stray:     # one more object of the prompt's colour and another shape
+        objects.append(Obj(str(rng.choice(others(SHAPES, shape))), colour, *placed[count]))
     if "clipped" in defects:
         _clip_one(objects, size, rng)
     return Scene(bg, objects, tuple(defects))
@@ -255,7 +316,14 @@ def rasterize(scene: Scene, size: int, rng: np.random.Generator | None = None) -
     img = np.empty((size, size, 3), np.float32)
     img[:] = PALETTE[scene.background]
     for o in scene.objects:
-        img[shape_mask(o.shape, o.cx, o.cy, o.r, size)] = PALETTE[o.colour]
+        m = shape_mask(o.shape, o.cx, o.cy, o.r, size)
+        if "hollow" in scene.defects:
+            m &= ~ndimage.binary_erosion(m, iterations=HOLLOW_PX)
+        img[m] = PALETTE[o.colour]
+    if "frame" in scene.defects and scene.objects:
+        ring = np.ones((size, size), bool)
+        ring[FRAME_PX:-FRAME_PX, FRAME_PX:-FRAME_PX] = False
+        img[ring] = PALETTE[scene.objects[0].colour]
     if "blur" in scene.defects:
         img = ndimage.gaussian_filter(img, sigma=(1.1, 1.1, 0))
     if "low_contrast" in scene.defects:
@@ -266,8 +334,21 @@ def rasterize(scene: Scene, size: int, rng: np.random.Generator | None = None) -
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def sample_defects(rates: DefectRates, rng: np.random.Generator) -> tuple[str, ...]:
-    return tuple(name for name, p in dataclasses.asdict(rates).items() if rng.random() < p)
+def sample_defects(rates: DefectRates, rng: np.random.Generator, prompt: Prompt | None = None,
+                   modes: LinkedModes | None = None) -> tuple[str, ...]:
+    """Independent draws of every defect, then the prompt-linked modes for this prompt."""
+    # a defect at rate 0 draws nothing, so adding defects leaves every earlier corpus as it was
+    out = [name for name, p in dataclasses.asdict(rates).items() if p > 0 and rng.random() < p]
+    if prompt is not None and modes is not None:
+        def linked(applies: bool, rate: float) -> bool:
+            return applies and rate > 0 and rng.random() < rate
+        if linked(prompt.background in modes.frame_backgrounds, modes.frame_rate) and "frame" not in out:
+            out.append("frame")
+        if linked(prompt.colour == modes.swap_colour, modes.swap_rate):
+            out.append("colour_swap")
+        if linked(prompt.shape == modes.stray_shape, modes.stray_rate) and "extra_object" not in out:
+            out.append("stray_object")
+    return tuple(out)
 
 
 def render(prompt: Prompt, rng: np.random.Generator, size: int = 32,
@@ -286,6 +367,8 @@ TRIANGLE_TOP = 0.4        # share of area in the bbox's top half: triangle ~1/4,
 BLUR_RATIO = 0.25          # intermediate edge pixels per foreground pixel
 NOISE_LEVEL = 0.03         # mean |image - median3x3| over flat pixels
 LOW_RANGE = 0.6            # dynamic range (p99 - p1) below this is low contrast
+FRAME_SHARE = 0.6          # framed: this share of the outer ring has one palette colour, the next ring not
+HOLE_SHARE = 0.12          # hollow: holes make up this share of the filled area (a small hollow triangle: 0.18)
 
 _NAMES = list(PALETTE)
 _RGB = np.array([PALETTE[n] for n in _NAMES], np.float32)
@@ -308,6 +391,8 @@ class Judgement:
     noisy: bool
     low_contrast: bool
     clipped: bool
+    framed: bool
+    hollow: bool
     # continuous measures
     colour_error: float      # mean RGB distance of dominant-kind pixels from the prompt's colour
     sharpness: float         # 1 - intermediate-edge ratio, clipped to [0, 1]
@@ -344,6 +429,17 @@ def _shape_of(mask: np.ndarray) -> str:
 def judge(image: np.ndarray, prompt: Prompt) -> Judgement:
     """Measure every attribute of the tree from the pixels of one HxWx3 image in [0, 1]."""
     img = np.asarray(image, np.float32)
+    framed = _framed(img)
+    picture = np.ones(img.shape[:2], bool)         # pixels of the picture (not a painted-over frame)
+    if framed:                 # judge the picture inside the frame: the frame painted over with
+        img = img.copy()       # the colour just inside it
+        ring = np.ones(img.shape[:2], bool)
+        ring[FRAME_PX:-FRAME_PX, FRAME_PX:-FRAME_PX] = False
+        inside = np.zeros_like(ring)
+        inside[FRAME_PX:-FRAME_PX, FRAME_PX:-FRAME_PX] = True
+        inside[FRAME_PX + 1:-FRAME_PX - 1, FRAME_PX + 1:-FRAME_PX - 1] = False
+        img[ring] = np.median(img[inside], axis=0)
+        picture = ~ring
     lo, hi = np.percentile(img, 0.5), np.percentile(img, 99.5)
     contrast = float(hi - lo)
     norm = np.clip((img - lo) / max(hi - lo, 1e-3), 0, 1)   # undo a global contrast change
@@ -351,9 +447,9 @@ def judge(image: np.ndarray, prompt: Prompt) -> Judgement:
 
     # Noise: high-frequency residual on pixels whose median neighbourhood is flat.
     grad = np.abs(ndimage.sobel(med, axis=0)).sum(-1) + np.abs(ndimage.sobel(med, axis=1)).sum(-1)
-    flat = ndimage.binary_erosion(grad < 0.05, iterations=1)
+    flat = ndimage.binary_erosion(grad < 0.05, iterations=1) & picture
     resid = np.abs(norm - med).mean(-1)
-    noise_level = float(resid[flat].mean()) if flat.any() else float(resid.mean())
+    noise_level = float(resid[flat].mean()) if flat.any() else float(resid[picture].mean())
 
     border = np.concatenate([med[0], med[-1], med[:, 0], med[:, -1]])
     bg_rgb = np.median(border, axis=0)
@@ -372,9 +468,13 @@ def judge(image: np.ndarray, prompt: Prompt) -> Judgement:
         rgb = np.median(med[core], axis=0)
         name, _ = nearest_colour(rgb)
         touches = bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
-        outline = raw_fg & ndimage.binary_dilation(m)
-        shape = None if touches else _shape_of(outline if outline.sum() >= MIN_AREA else m)
-        comps.append({"colour": name, "shape": shape, "mask": m})
+        drawn = raw_fg & ndimage.binary_dilation(m)     # thin outlines survive here, not in med
+        outline = ndimage.binary_fill_holes(drawn)
+        holes = int((outline & ~drawn).sum())
+        hollow = holes >= 3 and holes >= HOLE_SHARE * outline.sum()
+        drawn_or_filled = outline if hollow else drawn      # holes are filled only for hollow shapes
+        shape = None if touches else _shape_of(drawn_or_filled if drawn_or_filled.sum() >= MIN_AREA else m)
+        comps.append({"colour": name, "shape": shape, "mask": m, "hollow": hollow})
         # Blur: share of pixels around the object lying between background and object colour.
         span = rgb - bg_rgb
         zone = ndimage.binary_dilation(m, iterations=2)
@@ -416,7 +516,27 @@ def judge(image: np.ndarray, prompt: Prompt) -> Judgement:
         blurred=ratio > BLUR_RATIO, noisy=noise_level > NOISE_LEVEL,
         low_contrast=contrast < LOW_RANGE, clipped=len(whole) < len(comps),
         colour_error=colour_error, sharpness=float(np.clip(1 - ratio, 0, 1)),
+        framed=framed, hollow=any(c["hollow"] for c in comps if c["shape"] is not None),
         noise_level=noise_level, contrast=contrast, n_objects=len(comps))
+
+
+def _framed(img: np.ndarray) -> bool:
+    """A frame: most of the outer FRAME_PX ring is one palette colour, and most of the ring just
+    inside it is not (an unframed background continues there; objects seldom reach it)."""
+    size = img.shape[0]
+    if size <= 4 * FRAME_PX + 4:
+        return False
+    lo, hi = np.percentile(img, 0.5), np.percentile(img, 99.5)
+    norm = np.clip((img - lo) / max(hi - lo, 1e-3), 0, 1)   # a low-contrast image's frame too
+    dist = np.linalg.norm(norm[..., None, :] - _RGB, axis=-1)       # (H, W, palette)
+    named = np.where(dist.min(-1) <= COLOUR_TOL, dist.argmin(-1), -1)
+    ring = np.ones((size, size), bool)
+    ring[FRAME_PX:-FRAME_PX, FRAME_PX:-FRAME_PX] = False
+    inner = np.zeros((size, size), bool)          # the ring just inside, objects seldom reach it
+    d = FRAME_PX
+    inner[d, d:-d] = inner[-d - 1, d:-d] = inner[d:-d, d] = inner[d:-d, -d - 1] = True
+    k = np.bincount(named[ring] + 1, minlength=len(_RGB) + 1)[1:].argmax()
+    return bool((named[ring] == k).mean() >= FRAME_SHARE and (named[inner] == k).mean() < FRAME_SHARE)
 
 
 # ----------------------------------------------------------------------------- utilities
@@ -426,27 +546,32 @@ def gold_utility(j: Judgement) -> float:
     evaluate, never as a training signal."""
     return (2.0 * j.colour_ok + 2.0 * j.shape_ok + 2.0 * j.count_ok + 1.5 * j.background_ok
             - 1.0 * j.extra_object - 1.0 * j.blurred - 1.0 * j.noisy - 1.0 * j.low_contrast
-            - 1.0 * j.clipped + 0.5 * (1.0 - min(j.colour_error, 1.0)) + 0.25 * j.sharpness)
+            - 1.0 * j.clipped - 1.0 * j.framed - 1.0 * j.hollow
+            + 0.5 * (1.0 - min(j.colour_error, 1.0)) + 0.25 * j.sharpness)
 
 
 def fidelity_proxy(j: Judgement) -> float:
-    """Prompt-alignment proxy (CLIP-score-like): counts what the prompt asks for, blind to craft."""
+    """Prompt-alignment proxy (CLIP-score-like): counts what the prompt asks for, blind to craft
+    and style."""
     return (1.0 * j.colour_ok + 1.0 * j.shape_ok + 1.0 * j.count_ok + 1.0 * j.background_ok
             - 0.5 * j.extra_object - 0.5 * min(j.colour_error, 1.0))
 
 
 def aesthetic_proxy(j: Judgement) -> float:
     """Craft proxy (aesthetic-predictor-like): sharp, clean, contrasty, uncluttered; blind to the
-    prompt, and prefers fewer objects, which conflicts with fidelity on 'three ...' prompts."""
+    prompt, and prefers fewer objects, which conflicts with fidelity on 'three ...' prompts. It
+    likes a frame (as aesthetic predictors like framed, gallery-style pictures), which gold punishes:
+    training on this proxy alone can reward-hack by drawing frames."""
     return (1.0 * j.sharpness + 1.0 * min(j.contrast, 1.0) - 4.0 * j.noise_level
-            - 0.5 * j.clipped - 0.3 * max(j.n_objects - 1, 0))
+            - 0.5 * j.clipped - 0.3 * max(j.n_objects - 1, 0) + 0.5 * j.framed)
 
 
 def preference_proxy(j: Judgement) -> float:
     """Learned-preference proxy (PickScore-like): gold-correlated but miscalibrated: over-weights
-    colour and contrast, ignores count."""
+    colour and contrast, ignores count and frames, dislikes hollow shapes."""
     return (1.5 * j.colour_ok + 1.0 * j.background_ok + 0.5 * j.shape_ok - 0.5 * j.blurred
-            - 0.5 * j.noisy - 0.5 * j.extra_object - 0.3 * j.clipped + 1.0 * min(j.contrast, 1.0))
+            - 0.5 * j.noisy - 0.5 * j.extra_object - 0.3 * j.clipped - 0.5 * j.hollow
+            + 1.0 * min(j.contrast, 1.0))
 
 
 _JUDGED: "OrderedDict[tuple, Judgement]" = OrderedDict()

@@ -127,11 +127,16 @@ def test_warm_start_copies_every_tensor_that_fits():
     assert torch.equal(xl.unet.conv_in.weight, src.unet.conv_in.weight)
 
 
-def test_sibling_recipes_name_their_warm_start():
+def test_sibling_recipes_name_their_warm_start_and_its_checksums():
+    from bench.backbones import ASSETS, _hash, checked_asset
+    sums = json.loads((ASSETS / "tiny-sd15" / "SHA256SUMS.json").read_text())
     for name in ("tiny-sd21", "tiny-sdxl"):
         cfg = BACKBONES.get(name).Config()
         rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
-        assert rec["pretrain"]["warm_start"] == "tiny-sd15" and len(rec["warm_start_sha256"]) == 12
+        assert rec["pretrain"]["warm_start"] == "tiny-sd15" and rec["warm_start_sha256"] == _hash(sums)
+    assert checked_asset("tiny-sd15") == ASSETS / "tiny-sd15" / "pipeline"
+    with pytest.raises(BenchError, match="no weights to warm-start from"):
+        checked_asset("tiny-sd99")
 
 
 # ----------------------------------------------------------------------------- real loaders

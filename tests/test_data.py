@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data import encode_png, load_pickapic
+from bench.data import decode_image, encode_png, load_pickapic
 from bench.registry import BenchError
 
 
@@ -87,3 +87,51 @@ def test_a_truncated_parquet_is_one_line(tmp_path):
     with pytest.raises(BenchError, match=r"prefs.parquet: not a readable parquet file .*delete it and rerun") as e:
         load_pickapic(path)
     assert "\n" not in str(e.value)
+
+
+def test_a_generator_pool_writes_model_columns_that_round_trip(tmp_path):
+    """Pairs from several generators (Pick-a-Pic's model_0/model_1): every pair's two images come
+    from two different pool members, each base setting is sampled with its own guidance/steps,
+    renderer images are the world's renders, and the file reads back through the loader."""
+    from types import SimpleNamespace
+    from bench import world as W
+    from bench.data import DataConfig, open_pickapic, world_preferences
+    calls = []
+
+    def sample(texts, seeds, guidance, steps):
+        calls.append((len(texts), guidance, steps))
+        fill = {None: 10, 3.0: 20}[guidance] + (5 if steps == 10 else 0)
+        return torch.full((len(texts), 3, 32, 32), fill, dtype=torch.uint8)
+
+    world = W.WorldConfig()
+    cfg = DataConfig(n_pairs=40, generators=["base", "base@g3", "base@s10", "renderer"])
+    path = world_preferences(SimpleNamespace(name="tiny"), world, cfg, tmp_path, "w", sample)
+    df = pd.read_parquet(path)
+    assert list(df.columns) == ["caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1"]
+    assert (df.model_0 != df.model_1).all() and set(df.model_0) | set(df.model_1) == set(cfg.generators)
+    assert [(g, s) for _, g, s in calls] == [(None, None), (3.0, None), (None, 10)]   # one call per setting, pool order
+    assert sum(n for n, _, _ in calls) == 80 - (df.model_0 == "renderer").sum() - (df.model_1 == "renderer").sum()
+    expected = {"base": 10, "base@g3": 20, "base@s10": 15}
+    for _, row in df.iterrows():
+        for k in (0, 1):
+            img = decode_image(row[f"jpg_{k}"])
+            if row[f"model_{k}"] == "renderer":   # a world render of the caption's prompt
+                j = W.judge(img.permute(1, 2, 0).numpy() / 255.0, W.parse_prompt(row.caption))
+                assert j.background_ok
+            else:
+                assert (img == expected[row[f"model_{k}"]]).all()
+    # renderer images beat the flat images on gold, so the annotator prefers them in most pairs
+    mixed = df[(df.model_0 == "renderer") != (df.model_1 == "renderer")]
+    won = ((mixed.model_0 == "renderer") & (mixed.label_0 == 1)) | ((mixed.model_1 == "renderer") & (mixed.label_1 == 1))
+    assert won.sum() > 0.8 * len(mixed) > 0
+    assert "model_0" in open_pickapic(path).schema_arrow.names
+    assert len(load_pickapic(path, keep_ties=True)) == 40
+
+
+@pytest.mark.parametrize("pool,match", [(["base", "base"], "different generators"), (["sdxl"], "unknown generator"),
+                                        (["base@x3"], "bad generator option"), (["renderer@g3"], "unknown generator"),
+                                        ([], "one or more")])
+def test_a_bad_generator_pool_is_one_line(pool, match):
+    from bench.data import DataConfig, generator_pool
+    with pytest.raises(BenchError, match=match):
+        generator_pool(DataConfig(generators=pool))

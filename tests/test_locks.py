@@ -135,7 +135,7 @@ def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path):
     from bench.data import DataConfig, load_pickapic, world_preferences
     calls = []
 
-    def sample(texts, seeds):
+    def sample(texts, seeds, *settings):
         calls.append(len(texts))
         return torch.randint(0, 256, (len(texts), 3, 32, 32), generator=torch.Generator().manual_seed(0),
                              dtype=torch.uint8)

@@ -285,7 +285,7 @@ def test_cpo_with_one_attribute_trains_exactly_as_dpo(tiny_arch):
 
 
 def test_cpo_pairs_orientation_ties_and_tree_weights():
-    names = list(W.ATTRIBUTES)
+    names = list(W.ATTRIBUTES[:9])          # a nine-attribute tree (world v1's), written out below
     pol = torch.tensor([1.0] * 4 + [-1.0] * 5)
     nodes = ["fidelity"] * 5 + ["craft"] * 4
     w = tree_weights(pol, nodes, "hierarchical", 1.0, 1.0)
@@ -410,8 +410,10 @@ def test_attribute_file_round_trips(tmp_path):
     d = load_attributes(root)
     tree = json.loads((root / "attribute_tree.json").read_text())
     assert tree["craft"]["negative"] == list(W.ATTRIBUTE_TREE["craft"]["negative"])
-    assert d.names == list(W.POSITIVE_ATTRIBUTES[:4]) + ["extra_object"] + list(W.ATTRIBUTE_TREE["craft"]["negative"])
-    assert d.polarity.tolist() == [1.0] * 4 + [-1.0] * 5 and d.nodes[4] == "fidelity"
+    assert tree["style"]["negative"] == ["framed", "hollow"]
+    assert d.names == (list(W.POSITIVE_ATTRIBUTES[:4]) + ["extra_object"] + list(W.ATTRIBUTE_TREE["craft"]["negative"])
+                       + ["framed", "hollow"])
+    assert d.polarity.tolist() == [1.0] * 4 + [-1.0] * 7 and d.nodes[4] == "fidelity" and d.nodes[-1] == "style"
     assert len(d) == 8                                   # every image of the 4 pairs, once
     blurred = d.names.index("blurred")
     assert d.attributes[1::2, blurred].tolist() == [1.0] * 4 and d.attributes[0::2, blurred].tolist() == [0.0] * 4

@@ -82,6 +82,30 @@ def test_job_hash_covers_identity_only():
     assert job_hash(base) != job_hash({**base, "method": {"name": "dpo", "beta": 2500.0}})
 
 
+
+def test_committed_jobs_keep_their_hashes_under_the_world_v2_options():
+    """Every committed result names its job by hash: the world-v2 options and data.generators, at
+    their neutral defaults, leave every hash as it was; set, they are part of it."""
+    import dataclasses
+    import json
+    from pathlib import Path
+    from bench import world as W
+    from bench.results import job_hash
+    runs = sorted((Path(__file__).resolve().parent.parent / "results" / "runs").glob("*/result.json"))
+    assert runs
+    for path in runs[:20]:
+        cfg = json.loads(path.read_text())["config"]
+        assert "modes" not in cfg["world"] and "generators" not in cfg["data"]   # made before v2
+        assert path.parent.name.endswith(job_hash(cfg))
+        now = {**cfg, "world": {**dataclasses.asdict(W.WorldConfig()), **cfg["world"],
+                                "defects": {**cfg["world"]["defects"], "frame": 0.0, "hollow": 0.0},
+                                "modes": dataclasses.asdict(W.LinkedModes())},
+               "data": {**cfg["data"], "generators": ["base"]}}
+        assert job_hash(now) == job_hash(cfg)
+    assert job_hash({**now, "data": {**now["data"], "generators": ["base", "renderer"]}}) != job_hash(cfg)
+    assert job_hash({**now, "world": {**now["world"], "defects": {**now["world"]["defects"], "frame": 0.3}}}) != job_hash(cfg)
+
+
 def test_leaderboard_from_result_files(toy):
     root, _, _ = toy
     path = write_leaderboard(root / "results")

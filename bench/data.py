@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from bench import world as W
+from bench.lazy import torch  # imported on first use: the config path needs no torch
 from bench.locks import exclusive, load_entry
 from bench.registry import BenchError
 

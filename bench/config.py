@@ -151,45 +151,99 @@ def register_configs() -> None:
         cs.store(group="backbone", name=name, node=BACKBONES.config(name)(name=name))
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
     """The job config that `python -m bench run <overrides>` would get, composed without the CLI
     (for `bench tune` and tests). Hydra errors propagate."""
     from hydra import compose, initialize_config_module
     register_configs()
     with initialize_config_module("bench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def _swept(overrides: list[str]) -> dict[str, list[str]]:
+    """{key: one override line per value} of Hydra overrides `key=v` or sweeps `key=a,b,...`, in
+    order; a later override of a key replaces an earlier one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    out: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        key = o.get_key_element()
+        out.pop(key, None)
+        if o.is_sweep_override():
+            lhs = o.input_line.split("=", 1)[0]          # as typed: +/++ prefix and @package kept
+            out[key] = [f"{lhs}={v}" for v in o.sweep_string_iterator()]
+        else:
+            out[key] = [o.input_line]
+    return out
 
 
 def first_job_overrides(overrides: list[str]) -> list[str]:
     """The overrides of a sweep's first job (the first value of every sweep `key=a,b,...`), without
     command-line flags."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    out = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            out.append(f"{key}={next(iter(o.sweep_string_iterator()))}")
-        else:
-            out.append(o.input_line)
-    return out
+    return [lines[0] for lines in _swept([o for o in overrides if not o.startswith("-")]).values()]
+
+
+def sweep_jobs(overrides: list[str], params: dict | None = None) -> list[list[str]]:
+    """The jobs `precheck` validates for `python -m bench run <overrides>`: the sweep's first job,
+    then, for every other value of each swept key, the first job with that value (as many jobs as
+    values, not their product: a value that breaks a job breaks it with any other key's value).
+    `params`: the suite's hydra.sweeper.params, which the command line overrides key by key."""
+    lines = _swept([f"{k}={v}" for k, v in (params or {}).items()])
+    lines.update(_swept([o for o in overrides if not o.startswith("-")]))
+    first = [v[0] for v in lines.values()]
+    jobs = [first]
+    for i, values in enumerate(lines.values()):
+        jobs += [first[:i] + [v] + first[i + 1:] for v in values[1:]]
+    return jobs
+
+
+def _swept_values(job: list[str], overrides: list[str], params: dict) -> str:
+    """The swept keys' values of one of `sweep_jobs`' jobs, e.g. "method=base seed=0"."""
+    lines = _swept([f"{k}={v}" for k, v in params.items()])
+    lines.update(_swept([o for o in overrides if not o.startswith("-")]))
+    return " ".join(line for line, values in zip(job, lines.values()) if len(values) > 1)
+
+
+def _composition_error(e: Exception) -> BenchError:
+    """Hydra's and OmegaConf's composition errors as one line: their first lines say what and why."""
+    lines = [str(e).split("\n")[0]] + ([str(e.__cause__).split("\n")[0]] if e.__cause__ else []) + \
+        str(e).split("\n")[1:2]
+    msg = ": ".join(" ".join(x.split()) for x in lines if x.strip() and not x.startswith("See https"))
+    return BenchError(f"{msg}; fix that override (python -m bench run --cfg job shows every key and type)")
 
 
 def precheck(overrides: list[str]) -> None:
-    """Compose and validate the first job of `python -m bench run <overrides>` in this process,
-    before Hydra launches anything: a bad type (`train.steps=abc`), an unknown key or value is one
-    line and exit 2 here, once, instead of Hydra's multi-line message (exit 1) or one error per
-    parallel worker. The other jobs of a sweep are validated as they start."""
+    """Compose and validate the jobs of `python -m bench run <overrides>` in this process, before
+    Hydra launches anything or creates a directory: the first job, and each other value of every
+    swept key (`sweep_jobs`; the command line's sweeps and a suite's). A bad type
+    (`train.steps=abc`), an unknown key, a bad value or path is one line and exit 2 here, once,
+    instead of Hydra's multi-line message (exit 1) or one error per parallel worker. Each job is
+    validated again as it starts."""
+    from hydra.types import RunMode
     try:
-        cfg = compose_config(first_job_overrides(overrides))
+        hydra_cfg = compose_config(first_job_overrides(overrides), return_hydra_config=True).hydra
+        multirun = any(o in ("-m", "--multirun") for o in overrides) or hydra_cfg.mode == RunMode.MULTIRUN
+        params = hydra_cfg.sweeper.get("params")
+        params = OmegaConf.to_container(params) if multirun and params is not None else {}
+        jobs = sweep_jobs(overrides, params)
     except BenchError:
         raise
-    except Exception as e:     # hydra / omegaconf composition errors: the first lines say what and why
-        lines = [str(e).split("\n")[0]] + ([str(e.__cause__).split("\n")[0]] if e.__cause__ else []) + \
-            str(e).split("\n")[1:2]
-        msg = ": ".join(" ".join(x.split()) for x in lines if x.strip() and not x.startswith("See https"))
-        raise BenchError(f"{msg}; fix that override (python -m bench run --cfg job shows every key and type)") from None
-    validate(cfg)
+    except Exception as e:
+        raise _composition_error(e) from None
+    swept = [o for o in overrides if not o.startswith("-") and len(_swept([o]).popitem()[1]) > 1]
+    if swept and not multirun:
+        raise BenchError(f"{swept[0]} sweeps over values, which needs -m (--multirun); add -m to run one job per "
+                         "value, or write key=[a,b] for a list value")
+    for job in jobs:
+        try:
+            try:
+                cfg = compose_config(job)
+            except Exception as e:
+                raise _composition_error(e) from None
+            validate(cfg)
+        except BenchError as e:
+            if len(jobs) == 1:
+                raise
+            raise BenchError(f"{e} (in the sweep's job {_swept_values(job, overrides, params)})") from None
 
 
 @dataclass
@@ -263,12 +317,55 @@ def validate(cfg: DictConfig) -> JobConfig:
         raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
     if job.data.source == "file" and not job.data.path:
         raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
+    if job.data.source == "file":
+        check_preference_source(Path(job.data.path))
+    check_backbone_paths(job.backbone)
     for key, where in (("paths.results", job.paths.results), ("paths.cache", job.paths.cache)):
         check_writable(Path(where), key)
     prompts = eval_prompts(job)      # empty eval set -> BenchError
     # unknown scorers or scorer options, missing weights, world scorers on real prompts -> BenchError
     check_scorers(job.eval, [p.text for p in prompts])
     return job
+
+
+def check_backbone_paths(backbone) -> None:
+    """A pipeline directory the backbone config names (tiny `backbone.weights=<dir>`, real
+    `backbone.path=<dir>`) holds a saved pipeline; the message is the loader's
+    (bench.backbones.load_pipeline_dir), here before any work instead of after the job started."""
+    for key in ("weights", "path"):
+        value = getattr(backbone, key, None)
+        if not value or (key == "weights" and value in ("shipped", "pretrain")):
+            continue
+        if not (Path(value) / "model_index.json").is_file():
+            raise BenchError(f"no pipeline at {value} (model_index.json missing); "
+                             f"pass backbone.{key}=<dir saved with save_pretrained>")
+
+
+def check_preference_source(path: Path) -> None:
+    """data.path exists; a file there is a readable Pick-a-Pic-format parquet file (footer and
+    columns: bench.data.open_pickapic) whose labelled rows carry valid labels (the label columns
+    only, no image is decoded). A directory (KTO or attribute files) is read by its loader."""
+    from bench.data import check_labels, open_pickapic
+    if not path.exists():
+        raise BenchError(f"preference file not found: {path}; set data.path to a Pick-a-Pic-format parquet file")
+    if path.is_dir():
+        return
+    pf = open_pickapic(path)
+    columns = ["label_0", "label_1"] + (["has_label"] if "has_label" in pf.schema_arrow.names else [])
+    try:
+        table = pf.read(columns=columns)
+    except Exception as e:     # pyarrow: a damaged page, a truncated column chunk
+        raise BenchError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         "replace it") from None
+    import numpy as np
+    l0, l1 = (np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=float) for c in ("label_0", "label_1"))
+    ok = ((l0 == 1) & (l1 == 0)) | ((l0 == 0) & (l1 == 1)) | ((l0 == 0.5) & (l1 == 0.5))
+    if "has_label" in columns:         # rows without a choice are left out by every reader
+        ok |= ~np.asarray(table["has_label"].to_numpy(zero_copy_only=False), dtype=bool)
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        i = int(bad[0])
+        check_labels(float(l0[i]), float(l1[i]), path, i)
 
 
 def check_writable(path: Path, key: str) -> None:

@@ -50,7 +50,7 @@ class Registry(Generic[T]):
 
     def config(self, name: str) -> type | None:
         """The entry's Config dataclass (None: it takes none), from its declaration if it has one."""
-        if name in self._declared and name not in self._entries:
+        if name in self._declared:
             return self._declared[name][2]
         return getattr(self.get(name), "Config", None)
 

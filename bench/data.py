@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench import world as W
 from bench.lazy import torch  # imported on first use: the config path needs no torch
-from bench.locks import exclusive, load_entry
+from bench.locks import load_entry, making
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     log.info("sampling %d base images for %d preference pairs", len(texts), cfg.n_pairs)
     # outside the entry's lock: concurrent jobs share the sampling out when sample_fn lets them
     images = sample_fn(texts, seeds)
-    with exclusive(path, f"preference pairs {path.name}"):
+    with making(path, f"preference pairs {path.name}"):
         if load_entry(path, open_pickapic) is None:
             _annotate(images, texts, cfg, path)
     return path

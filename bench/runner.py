@@ -39,7 +39,7 @@ from bench.data import world_preferences
 from bench.feedback import load_for_method
 from bench.evaluate import attribute_summary, attribute_table, get_scorer, score_images, scorer_record, spread
 from bench.statistics import win_rate
-from bench.locks import exclusive, load_entry, shared_chunks
+from bench.locks import exclusive, load_entry, making, shared_chunks
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
@@ -77,7 +77,7 @@ def cached_table(path: Path, make) -> pd.DataFrame:
     again (bench.locks.load_entry)."""
     df = load_entry(path, pd.read_parquet)
     if df is None:
-        with exclusive(path, f"scores {path.name}"):
+        with making(path, f"scores {path.name}"):
             df = load_entry(path, pd.read_parquet)
             if df is None:
                 df = make()

@@ -44,8 +44,13 @@ def pickapic(path, labels):
 
 @pytest.fixture
 def files(tmp_path):
+    return make_files(tmp_path)
+
+
+def make_files(tmp_path):
     """The bad files of the table, and a results and cache directory that already hold a finished
-    job and a cache entry (so that a change to them, not only a new file, would be seen)."""
+    job and a cache entry (so that a change to them, not only a new file, would be seen). Also
+    used by benchmarks/front_door.py, which times each input."""
     f = tmp_path / "inputs"
     f.mkdir()
     truncated = pickapic(f / "truncated.parquet", [(1.0, 0.0)] * 8)

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from bench import world as W
-from bench.autoencoder import SpaceToDepthAutoencoder
+from bench.lazy import torch  # imported on first use: the config path needs no torch
 from bench.registry import BACKBONES, BenchError
 
 log = logging.getLogger(__name__)
@@ -195,6 +194,7 @@ def build_tiny(arch: TinyArch, image_size: int, seed: int = 0):
     from diffusers import (DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from bench.autoencoder import SpaceToDepthAutoencoder
 
     tokenizer = make_tokenizer(arch.max_length)
     torch.manual_seed(seed)
@@ -240,10 +240,12 @@ def build_tiny(arch: TinyArch, image_size: int, seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
-def load_pipeline_dir(path: Path, dtype=torch.float32, key: str = "backbone.path", vae=None):
+def load_pipeline_dir(path: Path, dtype=None, key: str = "backbone.path", vae=None):
     """Load a pipeline saved with `save_pretrained` (local files only); `key` is the config key
-    that names the directory, for the error line; `vae` replaces the saved one."""
+    that names the directory, for the error line; `vae` replaces the saved one; dtype None: float32."""
     from diffusers import DiffusionPipeline
+    from bench.autoencoder import SpaceToDepthAutoencoder
+    dtype = torch.float32 if dtype is None else dtype
     index = Path(path) / "model_index.json"
     if not index.is_file():
         raise BenchError(f"no pipeline at {path} (model_index.json missing); "
@@ -301,11 +303,11 @@ class Backbone:
     def predict(self, unet, noisy: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
 
-    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> scaled latents."""
         vae = self.pipe.vae
-        return vae.encode(images * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
+        with torch.no_grad():
+            return vae.encode(images * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The regression target the scheduler's prediction type asks for: epsilon, or

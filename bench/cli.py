@@ -180,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             from bench.slurm import main as sbatch_main
             sbatch_main(rest)
         elif cmd in ("run", "pretrain"):
-            from bench.runner import register_configs
+            from bench.config import register_configs
             register_configs()
             check_overrides(rest)
             EXTRA_FLAGS[:] = [a for a in rest if a.startswith("--export")]
             informational = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--shell-completion"}
             if cmd == "run" and not informational & {a.split("=")[0] for a in rest}:
-                from bench.runner import precheck
+                from bench.config import precheck
                 precheck([a for a in rest if a not in EXTRA_FLAGS])
             sys.argv = [sys.argv[0]] + [a for a in rest if a not in EXTRA_FLAGS]
             if cmd == "pretrain":        # writes no results: leave the leaderboard alone

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from bench import world as W
-from bench.locks import exclusive, load_entry
+from bench.lazy import torch  # imported on first use: the config path needs no torch
+from bench.locks import load_entry, making
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
              ", ".join(g.name for g in pool))
     # outside the entry's lock: concurrent jobs share the sampling out when sample_fn lets them
     images = _pool_images(pool, which, chosen, texts, seeds, world_cfg, sample_fn)
-    with exclusive(path, f"preference pairs {path.name}"):
+    with making(path, f"preference pairs {path.name}"):
         if load_entry(path, open_pickapic) is None:
             _annotate(images, texts, cfg, path, [pool[i].name for i in which])
     return path

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from bench import world as W
+from bench.lazy import torch
 from bench.registry import SCORERS, BenchError
 
 

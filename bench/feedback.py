@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from bench import world as W
 from bench.data import (PICKAPIC_COLUMNS, PairData, check_labels, decode_image, load_pickapic, open_pickapic,
                         write_parquet_atomic)
-from bench.locks import exclusive
+from bench.locks import intact, making, seal_path
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
@@ -163,8 +163,11 @@ def _ext(data: bytes) -> str:
 
 
 def _cache_key(path: Path, *options) -> str:
-    st = Path(path).stat()
-    blob = json.dumps([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, *options], default=str)
+    # a sealed cache entry is known by its content (bench.locks), so that one made again byte for
+    # byte keeps the files derived from it; any other file by its size and modification time
+    st, sealed = Path(path).stat(), seal_path(path)
+    version = json.loads(sealed.read_text()) if sealed.is_file() else [st.st_size, st.st_mtime_ns]
+    blob = json.dumps([str(Path(path).resolve()), version, *options], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -418,12 +421,13 @@ def load_attributes(root: Path, size: int | None = None) -> AttributeData:
 # ----------------------------------------------------------------------------- runner glue
 
 def _once(entry: Path, done: Path, make) -> None:
-    """make() the cache entry `entry` unless `done` (its last file) exists; under the entry's
-    lock, so that concurrent jobs compute it once (bench.locks)."""
-    if done.is_file():
+    """make() the cache entry `entry` unless `done` (its last file) exists and the entry matches
+    its seal (a damaged entry is deleted and made again); under the entry's lock, so that
+    concurrent jobs compute it once (bench.locks)."""
+    if done.is_file() and intact(entry):
         return
-    with exclusive(entry, f"feedback file {entry.name}"):
-        if not done.is_file():
+    with making(entry, f"feedback file {entry.name}"):
+        if not (done.is_file() and intact(entry)):
             make()
 
 

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from bench.locks import exclusive
+from bench.locks import load_entry, making
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,13 @@ def reference_table(path: Path, n_groups: int, draws: Draws, errors_of, batch_gr
                     progress: bool = True) -> torch.Tensor:
     """compute_table, loaded from `path` or computed and written there (temp name, rename; under
     the entry's lock so concurrent jobs compute it once)."""
-    if not path.is_file():
-        with exclusive(path, f"reference errors {path.name}"):
-            if not path.is_file():
+    def load(p):
+        return load_file(str(p))["errors"]
+    table = load_entry(path, load)             # a damaged entry is deleted and made again
+    if table is None:
+        with making(path, f"reference errors {path.name}"):
+            table = load_entry(path, load)
+            if table is None:
                 table = compute_table(n_groups, draws, errors_of, batch_groups, progress)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -107,7 +111,6 @@ def reference_table(path: Path, n_groups: int, draws: Draws, errors_of, batch_gr
                 os.replace(tmp, path)
                 log.info("reference errors for %d examples x %d draws written to %s", n_groups, draws.k, path)
                 return table
-    table = load_file(str(path))["errors"]
     if table.shape[:2] != (n_groups, draws.k):
         raise RuntimeError(f"{path} holds {tuple(table.shape)} reference errors, expected ({n_groups}, {draws.k}, .); "
                            "delete it")

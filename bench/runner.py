@@ -1,6 +1,7 @@
 """One job, start to finish: config -> backbone -> preference data -> train -> sample -> score -> result.
 
-    validate(cfg)           typed config; unknown keys, unknown names, empty prompt sets rejected
+    validate(cfg)           typed config; unknown keys, unknown names, bad values and paths,
+                            empty prompt sets rejected (bench.config, before any work)
     load backbone           shipped / pretrained (cached by recipe hash) / real weights
     preference data         simulated annotators on base samples (cached), or a Pick-a-Pic file
     train(method)           bench.train, method-agnostic
@@ -15,239 +16,41 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 from safetensors.torch import load_file, save_file
 
 from bench import world as W
-from bench.data import DataConfig, generator_pool, world_preferences
+# the config's schema and validation (importable without torch), re-exported for runner's users
+from bench.config import (JobConfig, LaunchConfig, PathsConfig, RootSchema, check_writable,  # noqa: F401
+                          compose_config, eval_prompts, first_job_overrides, precheck, register_configs,
+                          typed, validate)
+from bench.data import world_preferences
 from bench.feedback import load_for_method
-from bench.evaluate import (EvalConfig, attribute_summary, attribute_table, check_scorers, eval_set, get_scorer,
-                            score_images, scorer_record, spread)
+from bench.evaluate import attribute_summary, attribute_table, get_scorer, score_images, scorer_record, spread
 from bench.statistics import win_rate
-from bench.locks import exclusive, load_entry, shared_chunks
+from bench.locks import exclusive, load_entry, making, shared_chunks
 from bench.registry import BACKBONES, METHODS, BenchError
 from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
 from bench.sample import generate
 from bench.checkpoint import RESUME_DIR
-from bench.train import TrainConfig, check_config, train
+from bench.train import train
 
 WORKER_RESULT = "worker_result.json"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PathsConfig:
-    results: str = "results"
-    cache: str = ".cache/diffpref"
-
-
-@dataclass
-class LaunchConfig:
-    """How the training stage runs (not part of the job identity). num_processes=1: in this
-    process. N > 1: the job writes its resolved config and starts `accelerate launch
-    --num_processes N -m bench.worker` (DDP; gloo on CPU); train.batch_size stays the *global*
-    micro-batch (bench.train.train). main_process_port: 0 lets torch pick a free port."""
-    num_processes: int = 1
-    main_process_port: int = 0
-    # Sample through torch.compile'd UNets (inductor; its kernels cached on disk under
-    # <paths.cache>/inductor). Not part of the job identity: the images equal eager sampling's up
-    # to float rounding (docs/performance.md has the measured speed and pixel differences).
-    compile: bool = False
-
-
-@dataclass
-class RootSchema:
-    """The composed config's schema as Hydra sees it (defaults for every overridable key).
-    backbone and method come from their config groups, one dataclass per registry entry."""
-    seed: int = 0
-    progress: bool = True
-    backbone: Any = None
-    method: Any = None
-    world: W.WorldConfig = field(default_factory=W.WorldConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
-
-
-def register_configs() -> None:
-    """Store the root schema and one group option per registered method and backbone."""
-    from hydra.core.config_store import ConfigStore
-    import bench.backbones  # noqa: F401
-    import methods  # noqa: F401
-    cs = ConfigStore.instance()
-    cs.store(name="root_schema", node=RootSchema)
-    for name in METHODS.names():
-        cs.store(group="method", name=name, node=METHODS.get(name).Config(name=name))
-    for name in BACKBONES.names():
-        cs.store(group="backbone", name=name, node=BACKBONES.get(name).Config(name=name))
-
-
-def compose_config(overrides: list[str]):
-    """The job config that `python -m bench run <overrides>` would get, composed without the CLI
-    (for `bench tune` and tests). Hydra errors propagate."""
-    from hydra import compose, initialize_config_module
-    register_configs()
-    with initialize_config_module("bench.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def first_job_overrides(overrides: list[str]) -> list[str]:
-    """The overrides of a sweep's first job (the first value of every sweep `key=a,b,...`), without
-    command-line flags."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    out = []
-    for o in parsed:
-        if o.is_sweep_override():
-            key = o.get_key_element()
-            out.append(f"{key}={next(iter(o.sweep_string_iterator()))}")
-        else:
-            out.append(o.input_line)
-    return out
-
-
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate the first job of `python -m bench run <overrides>` in this process,
-    before Hydra launches anything: a bad type (`train.steps=abc`), an unknown key or value is one
-    line and exit 2 here, once, instead of Hydra's multi-line message (exit 1) or one error per
-    parallel worker. The other jobs of a sweep are validated as they start."""
-    try:
-        cfg = compose_config(first_job_overrides(overrides))
-    except BenchError:
-        raise
-    except Exception as e:     # hydra / omegaconf composition errors: the first lines say what and why
-        lines = [str(e).split("\n")[0]] + ([str(e.__cause__).split("\n")[0]] if e.__cause__ else []) + \
-            str(e).split("\n")[1:2]
-        msg = ": ".join(" ".join(x.split()) for x in lines if x.strip() and not x.startswith("See https"))
-        raise BenchError(f"{msg}; fix that override (python -m bench run --cfg job shows every key and type)") from None
-    validate(cfg)
-
-
-@dataclass
-class JobConfig:
-    seed: int
-    backbone: Any
-    method: Any
-    world: W.WorldConfig
-    data: DataConfig
-    train: TrainConfig
-    eval: EvalConfig
-    paths: PathsConfig
-    progress: bool = True
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
-
-
-def _check_keys(node, cls, where: str) -> None:
-    """Every key of node must be a field of the dataclass cls (recursively). Needed because a node
-    composed by Hydra from a structured config accepts `+key=...` and merging drops it silently."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in node.keys():
-        if key not in fields:
-            raise BenchError(f"unknown key '{where}.{key}'; valid keys of {where}: {', '.join(fields)}")
-        sub = node[key]
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
-        if isinstance(sub, DictConfig) and dataclasses.is_dataclass(default):
-            _check_keys(sub, type(default), f"{where}.{key}")
-
-
-def typed(node, cls, where: str):
-    """Merge a config node onto its dataclass schema; unknown keys and bad types are BenchErrors."""
-    _check_keys(node, cls, where)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
-    except ConfigKeyError as e:
-        valid = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise BenchError(f"unknown key '{where}.{e.full_key}'; valid keys of {where}: {valid}") from None
-    except ValidationError as e:
-        raise BenchError(f"bad value for '{where}.{e.full_key}': {e.msg.splitlines()[0]}") from None
-    return OmegaConf.to_object(merged)
-
-
-def validate(cfg: DictConfig) -> JobConfig:
-    """The typed job config. Hydra accepts `+method.typo=1` silently; this rejects it."""
-    known = {f.name for f in dataclasses.fields(JobConfig)}
-    extra = sorted(set(cfg.keys()) - known)
-    if extra:
-        raise BenchError(f"unknown top-level key(s) {extra}; valid: {', '.join(sorted(known))}")
-    import bench.backbones  # noqa: F401  (registers every backbone)
-    import methods  # noqa: F401  (registers every method)
-    method_cls = METHODS.get(cfg.method.name)
-    loader = BACKBONES.get(cfg.backbone.name)
-    job = JobConfig(
-        seed=int(cfg.seed), backbone=typed(cfg.backbone, loader.Config, "backbone"),
-        method=typed(cfg.method, method_cls.Config, "method"),
-        world=typed(cfg.world, W.WorldConfig, "world"), data=typed(cfg.data, DataConfig, "data"),
-        train=typed(cfg.train, TrainConfig, "train"), eval=typed(cfg.eval, EvalConfig, "eval"),
-        paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)),
-        launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"))
-    if job.launch.num_processes < 1:
-        raise BenchError(f"launch.num_processes must be >= 1, got {job.launch.num_processes}")
-    check_config(job.train)          # steps, batch, lr, ... before any sampling or data generation
-    beta = getattr(job.method, "beta", None)
-    if beta is not None and not (math.isfinite(beta) and beta > 0):
-        raise BenchError(f"method.beta must be a finite number > 0, got {beta}")
-    if job.data.source == "world" and job.data.n_pairs < 1:
-        raise BenchError(f"data.n_pairs must be >= 1, got {job.data.n_pairs}")
-    if job.data.source == "world":
-        generator_pool(job.data)     # unknown or repeated generators -> BenchError
-    if job.train.batch_size % job.launch.num_processes:
-        raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
-                         f"by launch.num_processes={job.launch.num_processes}")
-    if job.data.source not in ("world", "file"):
-        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
-    if job.data.source == "file" and not job.data.path:
-        raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
-    for key, where in (("paths.results", job.paths.results), ("paths.cache", job.paths.cache)):
-        check_writable(Path(where), key)
-    prompts = eval_prompts(job)      # empty eval set -> BenchError
-    # unknown scorers or scorer options, missing weights, world scorers on real prompts -> BenchError
-    check_scorers(job.eval, [p.text for p in prompts])
-    return job
-
-
-def check_writable(path: Path, key: str) -> None:
-    """`path` is a directory this process can write, or can be created as one (checked before
-    any work, creating nothing: a job must not run for minutes and then fail to write)."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        what = "is not a directory" if probe == path else f"cannot be created: {probe} is not a directory"
-        raise BenchError(f"{key}={path} {what}; point {key} at a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise BenchError(f"{key}={path} is not writable ({probe} does not allow writing); point {key} at a "
-                         "directory you can write")
-
-
-def eval_prompts(job: JobConfig) -> list:
-    """The eval prompts (.id, .text): the world's eval.split, or the real eval.prompt_set."""
-    prompts = eval_set(job.eval, job.world)
-    if not prompts or job.eval.seeds_per_prompt < 1:
-        where = f"split {job.eval.split!r}" if job.eval.prompt_set == "world" else f"prompt_set {job.eval.prompt_set!r}"
-        raise BenchError(f"the eval prompt set is empty ({where}: {len(prompts)} prompts, "
-                         f"{job.eval.seeds_per_prompt} seeds each); raise eval.max_prompts, "
-                         "eval.seeds_per_prompt or world.eval_fraction")
-    return prompts
 
 
 def _key(*parts) -> str:
@@ -275,7 +78,7 @@ def cached_table(path: Path, make) -> pd.DataFrame:
     again (bench.locks.load_entry)."""
     df = load_entry(path, pd.read_parquet)
     if df is None:
-        with exclusive(path, f"scores {path.name}"):
+        with making(path, f"scores {path.name}"):
             df = load_entry(path, pd.read_parquet)
             if df is None:
                 df = make()

@@ -19,8 +19,6 @@ Per-sample error, as in Diffusion-DPO's train.py: e(x) = mean over C, H, W of (p
 """
 from __future__ import annotations
 
-import math
-
 import contextlib
 import copy
 import dataclasses
@@ -36,66 +34,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from bench.checkpoint import RESUME_DIR, fingerprint, load_state, restore, save_state
+# the schema lives in bench.config (importable without torch); imported here for bench.train's users
+from bench.config import ERROR_WEIGHTINGS, MethodConfig, TrainConfig, check_config  # noqa: F401
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 16               # pairs per micro-batch for pair methods, images for image methods
-    # Micro-batches per optimizer step: the effective batch is batch_size x grad_accum (DiffusionDPO
-    # reaches 2048 pairs per step as 1 x 128 accumulation x 16 GPUs, launchers/sd15.sh).
-    grad_accum: int = 1
-    # Measured on tiny-sd15 (full fine-tuning, 16 pairs x 300 steps): DPO at 1e-4 collapsed the
-    # model (gold win rate 0.054); 1e-5 trains stably (0.506 [0.479, 0.532]). Official: 2.048e-5
-    # at 2048 pairs per step.
-    lr: float = 1e-5
-    # AdamW betas/eps/weight decay as DiffusionDPO's SD1.5 launcher (argparse defaults in train.py)
-    weight_decay: float = 1e-2
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    warmup: int = 20                   # constant_with_warmup, the official DPO schedule
-    grad_clip: float = 1.0             # DiffusionDPO train.py max_grad_norm
-    finetune: str = "full"             # full | lora
-    lora_rank: int = 8                 # diffusers DPO LoRA example: r=8, alpha=r, to_q/k/v/out
-    # auto | frozen_copy | adapters_disabled. auto: adapters_disabled for LoRA, else frozen_copy;
-    # a method that refreshes its reference (method.ref_refresh_every > 0) gets a refreshed copy.
-    reference: str = "auto"
-    # 20% empty captions: DiffusionDPO train.py --proportion_empty_prompts default 0.2 (also
-    # diffusion-kto); the diffusers port uses 0. Applied to every method alike.
-    empty_prompt_prob: float = 0.2
-    log_every: int = 25
-    # Resumable state (policy, optimizer, LR schedule, RNG, step; bench/checkpoint.py) every N
-    # optimizer steps and at the end, into the job's checkpoint directory; a requeued job (SLURM
-    # time limit) resumes from it. 0: never. Not part of the job identity (bench.results).
-    checkpoint_every: int = 100
-    # Per-sample error weighting w(t), the omega(lambda_t) of the Diffusion-DPO objective (Wallace
-    # et al. 2023, Eq. 14), which the reference sets constant: `none` (reference). `v_cap` weights
-    # the epsilon error by min(1/abar_t, error_weight_cap) (x abar_t for v targets), i.e. the
-    # v-prediction loss in epsilon units, capped: the weighting the tiny bases were pretrained
-    # with (bench/backbones.py loss_weight). Our option; applies to every method alike.
-    error_weighting: str = "none"
-    error_weight_cap: float = 100.0
-    # EMA of the trained weights, returned as the policy (diffusers EMAModel, as the text-to-image
-    # fine-tuning example's --use_ema). Fixed decay from the first step, so the EMA starts at the
-    # base weights. null: the last iterate, as DiffusionDPO train.py. Our choice, for every method
-    # alike: DPO on tiny-sd15 (lr 1e-5, 300 x 16 pairs) reached gold win rates 0.520 and 0.515
-    # (seeds 0, 1) with 0.99, against 0.506 (seed 0) without; docs/methods.md has the table.
-    ema_decay: float | None = 0.99
-    # Reference errors precomputed for K fixed (noise, timestep, caption-dropout) draws per
-    # training example and shared by every job with the same reference and data (bench/refcache.py;
-    # TRL's precompute_ref_log_probs for diffusion). 0: a fresh draw every step and a live
-    # reference forward (DiffusionDPO train.py). Our option; its effect is in docs/performance.md.
-    ref_draws: int = 0
-    ref_draw_seed: int = 0
-
-
-@dataclass
-class MethodConfig:
-    name: str = ""
 
 
 @dataclass
@@ -325,27 +268,6 @@ class StepContext:
         if self.reference is None:
             raise BenchError("this method asked for reference errors but declared needs_reference=False")
         return self.reference(lambda m: self.errors(m, cond, index))
-
-
-ERROR_WEIGHTINGS = ("none", "v_cap")
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """The training options' values, checked before any work (one line each)."""
-    if cfg.steps < 1:
-        raise BenchError(f"train.steps must be >= 1, got {cfg.steps}")
-    if cfg.batch_size < 1:
-        raise BenchError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise BenchError(f"train.lr must be a finite number > 0, got {cfg.lr}")
-    if cfg.grad_accum < 1:
-        raise BenchError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}")
-    if cfg.error_weighting not in ERROR_WEIGHTINGS:
-        raise BenchError(f"unknown train.error_weighting {cfg.error_weighting!r}; valid: {', '.join(ERROR_WEIGHTINGS)}")
-    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-        raise BenchError(f"train.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
-    if cfg.ref_draws < 0:
-        raise BenchError(f"train.ref_draws must be >= 0 (0: no precomputed reference), got {cfg.ref_draws}")
 
 
 def error_weights(backbone, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor | None:

@@ -22,8 +22,6 @@ This suite's reading, each open choice a named option (docs/methods.md):
 The loss is Diffusion-DPO's (methods/dpo.py, beta = 5000, -beta/2 form) on winner-first consensus
 pairs, weighted per pair (weights 1 except under tie_rule=margin): sum w_i l_i / sum w_i.
 """
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
@@ -31,24 +29,10 @@ from bench.data import PairData
 from bench.feedback import VoteData
 from bench.registry import METHODS, BenchError
 from bench.train import Method
-from methods.dpo import DPOConfig
+from methods.config import BalancedDPOConfig
 
 AGGREGATIONS = ("majority", "random_scorer", "vanilla_sum", "normalized_sum")
 TIE_RULES = ("skip", "annotator", "margin")
-
-
-@dataclass
-class BalancedDPOConfig(DPOConfig):
-    # beta = 5000 and the -beta/2 form are Diffusion-DPO's (DPOConfig); the paper's beta: [not found].
-    voters: list[str] = field(default_factory=lambda: ["fidelity", "aesthetic", "preference"])
-    aggregation: str = "majority"      # majority | random_scorer | vanilla_sum | normalized_sum
-    tie_rule: str = "skip"             # skip | annotator | margin
-    # Suite choices (the paper's interval and kind: [not found]): a copy of the policy every 100
-    # steps, i.e. three reference models over the default 300 training steps.
-    ref_refresh_every: int = 100
-    ref_refresh: str = "copy"          # copy | ema
-    ref_ema_decay: float = 0.999       # for ref_refresh=ema (diffusion-kto's reference EMA decay)
-    ref_ema_warmup: bool = False
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -47,27 +47,11 @@ import torch.nn.functional as F
 from bench.data import PairData
 from bench.feedback import AttributeData, ImageData, pairs_from_images
 from bench.registry import METHODS, BenchError
-from bench.train import Method, MethodConfig, train
+from bench.train import Method, train
+from methods.config import CPOConfig
 
 log = logging.getLogger(__name__)
 ABSENT, PRESENT, UNSPECIFIED = 0, 1, 2
-
-
-@dataclass
-class CPOConfig(MethodConfig):
-    beta: float = 5000.0               # Diffusion-DPO's beta_dpo (DiffusionDPO train.py default)
-    half: bool = True                  # the official -beta/2 form (see methods/dpo.py)
-    attributes: list[str] = field(default_factory=list)   # attributes to align on; [] = the whole tree
-    anchor: str = "aux"                # aux: the auxiliary model per attribute | base: the frozen reference
-    anchor_condition: str = "per_attribute"   # per_attribute: A(. | c, k good) | ideal: A(. | c, all good)
-    tree_weighting: str = "hierarchical"      # hierarchical | uniform
-    positive_weight: float = 1.0       # lambda_pos: weight of positive attributes' terms
-    negative_weight: float = 1.0       # lambda_neg: weight of negative attributes' terms
-    attribute_noise: float = 0.0       # world data: probability of flipping each annotated label
-    # Stage 1 (suite choices; the paper's settings are [not found]).
-    aux_steps: int = 200
-    aux_lr: float = 1e-4
-    aux_attr_dropout: float = 0.5
 
 
 class AttributeTokens(torch.nn.Module):

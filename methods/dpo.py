@@ -6,22 +6,11 @@ Loss as implemented in SalesforceAIResearch/DiffusionDPO train.py (L1126-1151 @5
 with per-sample errors averaged over C, H, W and winner/loser sharing noise and timestep (the
 trainer does both). At initialisation policy == reference, so the loss is log 2.
 """
-from dataclasses import dataclass
-
 import torch.nn.functional as F
 
 from bench.registry import METHODS
-from bench.train import Method, MethodConfig
-
-
-@dataclass
-class DPOConfig(MethodConfig):
-    # beta_dpo = 5000: DiffusionDPO train.py default and both official launchers.
-    beta: float = 5000.0
-    # True: the official -beta/2 form. False: the diffusers SD LoRA port's form without the 1/2
-    # (examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, default beta 2500), which
-    # is the same loss at half the beta.
-    half: bool = True
+from bench.train import Method
+from methods.config import DPOConfig
 
 
 @METHODS.register("dpo")

@@ -15,38 +15,16 @@ No 1/2 factor (unlike Diffusion-DPO). At initialisation g = 0 and z = 0, so the 
 image (times its lambda). Logged implicit accuracy = fraction(s * (g - z) > 0), as the code's `acc`.
 Per-image binary labels come from bench.feedback (processed-Pick-a-Pic layout, `policy`).
 """
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from bench.feedback import ImageData, kto_sampling_weights
 from bench.registry import METHODS, BenchError
-from bench.train import Method, MethodConfig
+from bench.train import Method
+from methods.config import KTOConfig
 
 REFERENCE_POINTS = ("batch_mean", "sigmoid", "rolled_prompts")
-
-
-@dataclass
-class KTOConfig(MethodConfig):
-    beta: float = 1000.0               # --beta_dpo default 1000 (exps/example.sh keeps it)
-    lambda_d: float = 1.0              # --lambda_d_kto default
-    lambda_u: float = 1.0              # --lambda_u_kto default
-    reference_point: str = "batch_mean"    # batch_mean | sigmoid | rolled_prompts (--bce_offset none|sigmoid|original)
-    # Share of desirable images per batch: exps/example.sh --positive_ratio 0.8 (argparse default
-    # 0.5); drawn as the code's WeightedRandomSampler (with replacement).
-    positive_ratio: float = 0.8
-    # Labelling policy: --policy default and example.sh gt_label_wi_l (intersections desirable);
-    # gt_label_w_l drops intersections, gt_label_w_il makes them undesirable.
-    policy: str = "gt_label_wi_l"
-    # Suite choice (world data only): comparison rounds per image, so that some images both win
-    # and lose, as in Pick-a-Pic; 1 uses the pairs file's comparisons only.
-    comparison_rounds: int = 2
-    # Reference refresh. The code's --reference_ema (off by default) is an EMAModel update every
-    # 20 steps with --reference_ema_momentum 0.999: ref_refresh_every=20 with the defaults below.
-    ref_refresh_every: int = 0
-    ref_refresh: str = "ema"
-    ref_ema_decay: float = 0.999
-    ref_ema_warmup: bool = True        # diffusers EMAModel's decay schedule, as the code uses it
 
 
 @METHODS.register("kto")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from bench.lazy import torch  # imported on first use: validating a config needs no torch
 
 from bench.registry import SCORERS
 from scorers.real import Asset, RealScorer, clip_image_embeds, load_hf_clip, mlp_head, read_checkpoint, warn_unused

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from bench.lazy import torch  # imported on first use: validating a config needs no torch
 
 from bench.registry import SCORERS, BenchError
 from scorers.real import (OPENAI_MEAN, OPENAI_STD, Asset, RealScorer, count_blocks, load_exact, load_tokenizer,

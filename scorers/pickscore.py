@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from bench.lazy import torch  # imported on first use: validating a config needs no torch
 
 from bench.registry import SCORERS, BenchError
 from scorers.real import Asset, RealScorer, clip_image_embeds, clip_text_embeds, load_hf_clip

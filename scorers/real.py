@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from bench.lazy import torch  # imported on first use: validating a config needs no torch
 from PIL import Image
 
 from bench.registry import BenchError

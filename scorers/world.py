@@ -12,7 +12,7 @@ tolerance, so any attribute change is a win or a loss.
 from __future__ import annotations
 
 import numpy as np
-import torch
+from bench.lazy import torch  # imported on first use: validating a config needs no torch
 
 from bench import world as W
 from bench.registry import SCORERS, BenchError

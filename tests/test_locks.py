@@ -126,10 +126,10 @@ def test_a_damaged_entry_is_made_again_not_failed_on(tmp_path, caplog):
     path.write_bytes(b"truncated")
     value = shared_chunks(path, 3, 4, lambda lo, hi: torch.arange(lo, hi), load, save, torch.cat)
     assert torch.equal(value, torch.arange(3)) and torch.equal(load(path), torch.arange(3))
-    assert "cannot be read" in caplog.text and "making it again" in caplog.text
+    assert f"cache entry {path} is damaged (" in caplog.text and "making it again" in caplog.text
 
 
-def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path):
+def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path, caplog):
     from types import SimpleNamespace
     from bench import world as W
     from bench.data import DataConfig, load_pickapic, world_preferences
@@ -145,17 +145,30 @@ def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path):
     path.write_bytes(good[:100])                      # a partial copy / disk error
     assert world_preferences(bb, W.WorldConfig(), cfg, tmp_path, "w", sample) == path
     assert calls == [8, 8] and path.read_bytes() == good and len(load_pickapic(path, keep_ties=True)) == 4
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF                   # one flipped byte, caught by the seal
+    path.write_bytes(bytes(flipped))
+    caplog.clear()
+    assert world_preferences(bb, W.WorldConfig(), cfg, tmp_path, "w", sample) == path
+    assert calls == [8, 8, 8] and path.read_bytes() == good
+    assert f"cache entry {path} is damaged (the file does not match its SHA-256)" in caplog.text
 
 
 def test_two_runs_of_one_sweep_on_one_directory_compute_every_job_once(tmp_path, tiny_pipe_dir):
     """Two users start the same sweep on the same results and cache directories at once: every
-    job is computed by exactly one of them, the other waits for it and skips it."""
+    job is computed by exactly one of them, the other waits for it and skips it, and the results
+    equal those of one run alone on fresh directories."""
+    import pandas as pd
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "bench", "run", "-m", "method=base,sft,dpo", f"backbone.weights={tiny_pipe_dir}",
-           f"paths.results={tmp_path / 'results'}", f"paths.cache={tmp_path / 'cache'}", "data.n_pairs=12",
-           "train.steps=2", "train.batch_size=4", "eval.max_prompts=2", "eval.seeds_per_prompt=1",
-           "progress=false", "~hydra.callbacks.leaderboard"]
-    procs = [subprocess.Popen(cmd + [f"hydra.sweep.dir={tmp_path / f'sweep{i}'}"], cwd=tmp_path, env=env,
+
+    def cmd(root, i):
+        return [sys.executable, "-m", "bench", "run", "-m", "method=base,sft,dpo", f"backbone.weights={tiny_pipe_dir}",
+                f"paths.results={root / 'results'}", f"paths.cache={root / 'cache'}", "data.n_pairs=12",
+                "train.steps=2", "train.batch_size=4", "eval.max_prompts=2", "eval.seeds_per_prompt=1",
+                "progress=false", "~hydra.callbacks.leaderboard", f"hydra.sweep.dir={root / f'sweep{i}'}"]
+    alone = subprocess.run(cmd(tmp_path / "alone", 0), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    procs = [subprocess.Popen(cmd(tmp_path, i), cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
@@ -166,3 +179,36 @@ def test_two_runs_of_one_sweep_on_one_directory_compute_every_job_once(tmp_path,
     assert skipped == 3                                     # ... and skipped by the other
     runs = sorted((tmp_path / "results" / "runs").glob("*/result.json"))
     assert len(runs) == 3 and not list((tmp_path / "results").rglob("*.tmp*"))
+    for run in runs:                    # the same job directories, with the same scores, as one run alone
+        ref = tmp_path / "alone" / "results" / "runs" / run.parent.name
+        pd.testing.assert_frame_equal(pd.read_parquet(run.parent / "scores.parquet"),
+                                      pd.read_parquet(ref / "scores.parquet"))
+        got, want = json.loads(run.read_text()), json.loads((ref / "result.json").read_text())
+        assert (got["scorers"], got["train_history"]) == (want["scorers"], want["train_history"])
+
+
+HOLD_EXCLUSIVE = """
+import sys, time
+from pathlib import Path
+from bench.locks import exclusive
+with exclusive(Path(sys.argv[1]), "the test entry"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_waiter_logs_the_holders_pid_and_host(tmp_path, caplog):
+    import logging
+    import socket
+    from bench.locks import exclusive
+    entry = tmp_path / "entry"
+    other = subprocess.Popen([sys.executable, "-c", HOLD_EXCLUSIVE, str(entry), "1.5"], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert other.stdout.readline().strip() == "held"
+    with caplog.at_level(logging.INFO), exclusive(entry, "the test entry"):
+        pass
+    other.wait()
+    waiting = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
+    assert waiting == [f"waiting for another process to finish the test entry ({lock_path(entry)} held by "
+                       f"pid {other.pid} on host {socket.gethostname()})"]
+    assert not list(lock_path(entry).parent.glob("*.owner"))      # each holder removes its name when done

@@ -236,9 +236,10 @@ class RealScorer:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        # weights first: a missing one is reported before anything imports torch (bench.lazy)
         self.paths = {a.option: resolve(self.name, a, getattr(cfg, a.option), cfg.cache_dir)
                       for a in self.assets()}
+        self.device = pick_device(cfg.device)
         self._model = None
 
     # -- to implement

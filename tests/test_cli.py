@@ -223,18 +223,23 @@ print(json.dumps({"codes": codes, "outs": outs,
 
 
 def test_help_list_and_config_errors_import_no_torch(tmp_path):
-    """`bench --help`, `bench list`, argument and config errors (one process for all of them, so
-    that none of them imports what another would need) and `run --help` (last: Hydra's app) leave
-    torch, diffusers and transformers unimported."""
+    """`bench --help`, `bench list`, argument and config errors, a real scorer's missing weights (one
+    process for all of them, so that none of them imports what another would need) and `run --help`
+    (last: Hydra's app) leave torch, diffusers and transformers unimported."""
+    (tmp_path / "parti.tsv").write_text("Prompt\tCategory\tChallenge\tNote\na red cat\tAnimals\tBasic\t\n")
     cases = [["--help"], ["list"], ["frobnicate"], ["run", "method=dpoo"], ["run", "train.steps=abc"],
              ["run", "method=dpo", "train.steps=0"], ["run", "-m", "method=dpo,kto", "method.beta=nan"],
-             ["run", "eval.split=test"], ["run", "--help"]]
+             ["run", "eval.split=test"],
+             ["run", "eval.prompt_set=partiprompts", "eval.prompt_path=parti.tsv", "eval.scorers=[pickscore]",
+              f"+eval.scorer_options.pickscore={{cache_dir:{tmp_path / 'no-hf-cache'}}}"],   # missing weights
+             ["run", "--help"]]
     env = {**os.environ, "DIFFPREF_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
     p = subprocess.run([sys.executable, "-c", LIGHT, json.dumps(cases)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    assert res["codes"] == [0, 0, 2, 2, 2, 2, 2, 2, 0], res["outs"]
+    assert res["codes"] == [0, 0, 2, 2, 2, 2, 2, 2, 2, 0], res["outs"]
+    assert "is not in the HF cache" in res["outs"][-2]
     assert "python -m bench run +suite=full" in res["outs"][-1] and "tiny-sd15" in res["outs"][1]
     assert res["heavy"] == []
     assert not (tmp_path / "cache").exists()

@@ -21,7 +21,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from bench import world as W
 from bench.data import DataConfig, generator_pool
 from bench.evaluate import EvalConfig, check_scorers, eval_set
-from bench.registry import BACKBONES, METHODS, BenchError
+from bench.registry import BACKBONES, METHODS, BenchError, MethodConfig  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -74,11 +74,6 @@ class TrainConfig:
     # reference forward (DiffusionDPO train.py). Our option; its effect is in docs/performance.md.
     ref_draws: int = 0
     ref_draw_seed: int = 0
-
-
-@dataclass
-class MethodConfig:
-    name: str = ""
 
 
 ERROR_WEIGHTINGS = ("none", "v_cap")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -11,6 +12,14 @@ T = TypeVar("T")
 class BenchError(Exception):
     """Bad input: the message is one line naming the problem and the fix. The CLI prints it and
     exits with status 2."""
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config dataclass (methods/config.py): it lives here, beside the
+    registry that declares methods, so that methods/ never imports bench.config, which imports
+    methods/ to declare them."""
+    name: str = ""
 
 
 class Registry(Generic[T]):

@@ -12,6 +12,7 @@ only, so they work on generated images exactly as on rendered ones.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -160,7 +161,6 @@ ADDED_OPTIONS: list[tuple[tuple[str, ...], object]] = [
 
 def drop_added(d: dict, added: list[tuple[tuple[str, ...], object]]) -> dict:
     """A copy of the nested dict d without the added options that sit at their neutral values."""
-    import copy
     out = copy.deepcopy(d)
     for path, neutral in added:
         node = out

@@ -5,7 +5,7 @@ Each method is declared here with its module, one-line summary and config datacl
 module itself (which needs torch) is imported when a job first asks for the method, and registers
 its class under the declared name. tests/test_cli.py checks every declaration against the class.
 """
-from bench.config import MethodConfig
+from bench.registry import MethodConfig
 from bench.registry import METHODS
 from methods.config import BalancedDPOConfig, CPOConfig, DPOConfig, KTOConfig
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.config import MethodConfig
+from bench.registry import MethodConfig
 
 
 @dataclass

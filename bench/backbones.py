@@ -290,24 +290,28 @@ class Backbone:
     def text_encoders(self) -> list:
         return [self.pipe.text_encoder]
 
-    def _ids(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        return tokenizer(prompts, padding="max_length", truncation=True,
-                         max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    def _ids(self, tokenizer, prompts: list[str], encoder) -> torch.Tensor:
+        """Token ids on the encoder's device."""
+        return tokenizer(prompts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                         return_tensors="pt").input_ids.to(encoder.device)
 
     def encode_prompts(self, prompts: list[str], grad: bool = False) -> dict[str, torch.Tensor]:
         """Conditioning of each prompt as a flat dict of batch-first tensors, computed as the
         pipeline computes it for sampling (tested against `pipe.encode_prompt`)."""
         with torch.set_grad_enabled(grad):
-            return {"encoder_hidden_states": self.pipe.text_encoder(self._ids(self.pipe.tokenizer, prompts))[0]}
+            enc = self.pipe.text_encoder
+            return {"encoder_hidden_states": enc(self._ids(self.pipe.tokenizer, prompts, enc))[0]}
 
     def predict(self, unet, noisy: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"]).sample
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] -> scaled latents."""
+        """Images (B, 3, H, W) in [0, 1] -> scaled latents, float32 on the VAE's device (the VAE
+        itself may be held in half precision: bench/devices.py)."""
         vae = self.pipe.vae
         with torch.no_grad():
-            return vae.encode(images * 2 - 1).latent_dist.sample() * vae.config.scaling_factor
+            x = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+            return vae.encode(x).latent_dist.sample().float() * vae.config.scaling_factor
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The regression target the scheduler's prediction type asks for: epsilon, or
@@ -339,10 +343,11 @@ class XLBackbone(Backbone):
         states of both encoders, concatenated; the pooled output of the second."""
         pipe = self.pipe
         with torch.set_grad_enabled(grad):
-            one = pipe.text_encoder(self._ids(pipe.tokenizer, prompts), output_hidden_states=True)
-            two = pipe.text_encoder_2(self._ids(pipe.tokenizer_2, prompts), output_hidden_states=True)
+            one = pipe.text_encoder(self._ids(pipe.tokenizer, prompts, pipe.text_encoder), output_hidden_states=True)
+            two = pipe.text_encoder_2(self._ids(pipe.tokenizer_2, prompts, pipe.text_encoder_2),
+                                      output_hidden_states=True)
             return {"encoder_hidden_states": torch.cat([one.hidden_states[-2], two.hidden_states[-2]], dim=-1),
-                    "text_embeds": two[0], "time_ids": self.time_ids(len(prompts))}
+                    "text_embeds": two[0], "time_ids": self.time_ids(len(prompts)).to(two[0].device)}
 
     def predict(self, unet, noisy: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return unet(noisy, t, encoder_hidden_states=cond["encoder_hidden_states"],

@@ -48,7 +48,7 @@ def _policy_state(unet, lora: bool) -> dict[str, torch.Tensor]:
 
 def save_state(state_dir: Path, *, step: int, fp: str, unet, lora: bool, reference, extra_params,
                opt: torch.optim.Optimizer, sched, gen: torch.Generator, history: list, window: list,
-               wall_s: float, ema=None) -> None:
+               wall_s: float, ema=None, scaler=None) -> None:
     tensors = {f"policy.{k}": v for k, v in _policy_state(unet, lora).items()}
     meta: dict = {"format": FORMAT, "step": step, "fingerprint": fp, "lora": lora, "history": history,
                   "window": window, "wall_s": wall_s, "scheduler": sched.state_dict()}
@@ -60,6 +60,8 @@ def save_state(state_dir: Path, *, step: int, fp: str, unet, lora: bool, referen
     if ema is not None:                  # diffusers EMAModel of the trained weights (train.ema_decay)
         tensors.update({f"ema.{i}": p for i, p in enumerate(ema.shadow_params)})
         meta["ema_step"] = int(ema.optimization_step)
+    if scaler is not None and scaler.is_enabled():       # fp16 loss scale (train.mixed_precision)
+        meta["scaler"] = scaler.state_dict()
     osd = opt.state_dict()
     meta["optimizer"] = {"param_groups": osd["param_groups"], "scalars": {}}
     for i, st in osd["state"].items():
@@ -103,7 +105,7 @@ def load_state(state_dir: Path, fp: str) -> tuple[dict, dict] | None:
 
 
 def restore(meta: dict, tensors: dict, *, unet, reference, extra_params, opt, sched,
-            gen: torch.Generator, ema=None) -> None:
+            gen: torch.Generator, ema=None, scaler=None) -> None:
     """Load a state from `load_state` into freshly set-up training objects."""
     def group(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -131,5 +133,7 @@ def restore(meta: dict, tensors: dict, *, unet, reference, extra_params, opt, sc
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["optimizer"]["param_groups"]]
     opt.load_state_dict({"state": state, "param_groups": groups})
     sched.load_state_dict(meta["scheduler"])
+    if scaler is not None and "scaler" in meta:
+        scaler.load_state_dict(meta["scaler"])
     gen.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch"])

@@ -9,6 +9,7 @@ well under a second plus Hydra's composition.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,8 +21,12 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from bench import world as W
 from bench.data import DataConfig, generator_pool
+from bench.devices import PRECISIONS
 from bench.evaluate import EvalConfig, check_scorers, eval_set
 from bench.registry import BACKBONES, METHODS, BenchError, MethodConfig  # noqa: F401 (re-exported)
+
+
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 
 
 @dataclass
@@ -74,6 +79,21 @@ class TrainConfig:
     # reference forward (DiffusionDPO train.py). Our option; its effect is in docs/performance.md.
     ref_draws: int = 0
     ref_draw_seed: int = 0
+    # ---- paper-scale options (bench/devices.py; presets in sweeps/preset/ set the papers' values)
+    # no | fp16 | bf16: forward passes under torch.autocast, the frozen parts (VAE, text encoders, a
+    # frozen reference UNet) held in that dtype, fp16 with loss scaling; trainable weights and the
+    # optimizer state stay float32. DiffusionDPO launchers: --mixed_precision fp16.
+    mixed_precision: str = "no"
+    # Recompute activations in the backward pass (diffusers `enable_gradient_checkpointing`): less
+    # memory, ~30% more compute. DiffusionDPO forces it for SDXL.
+    gradient_checkpointing: bool = False
+    # adamw (torch) | adamw8bit (bitsandbytes, the `paper` extra; diffusers DPO LoRA example) |
+    # adafactor (transformers; DiffusionDPO SDXL: relative_step=False, scale_parameter=False,
+    # clip_threshold 1.0, with train.weight_decay)
+    optimizer: str = "adamw"
+    # DiffusionDPO train.py --scale_lr: the learning rate is train.lr x the global batch
+    # (batch_size x grad_accum; batch_size is already global here): 1e-8 x 2048 = 2.048e-5.
+    scale_lr: bool = False
 
 
 ERROR_WEIGHTINGS = ("none", "v_cap")
@@ -95,6 +115,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise BenchError(f"train.ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
     if cfg.ref_draws < 0:
         raise BenchError(f"train.ref_draws must be >= 0 (0: no precomputed reference), got {cfg.ref_draws}")
+    if cfg.mixed_precision not in PRECISIONS:
+        raise BenchError(f"unknown train.mixed_precision {cfg.mixed_precision!r}; valid: {', '.join(PRECISIONS)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise BenchError(f"unknown train.optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    if cfg.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise BenchError("train.optimizer=adamw8bit needs bitsandbytes; pip install -e '.[paper]' "
+                         "or use train.optimizer=adamw")
 
 
 @dataclass

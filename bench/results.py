@@ -35,10 +35,11 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "hydra-core", "numpy",
 
 # Operational settings inside identity sections that do not change what a job computes: left
 # out of its identity, so changing them neither renames a job nor makes a finished one rerun.
-NOT_IDENTITY = {"train": ("checkpoint_every",)}
+NOT_IDENTITY = {"train": ("checkpoint_every", "gradient_checkpointing")}
 # Options added after jobs were committed, as (path, default): at their defaults they are left out
 # of the identity, so adding an option renames no finished job; any other value is part of it.
-ADDED_OPTIONS = [(("train", "ref_draws"), 0), (("train", "ref_draw_seed"), 0), (("data", "generators"), ["base"])] + [
+ADDED_OPTIONS = [(("train", "ref_draws"), 0), (("train", "ref_draw_seed"), 0), (("data", "generators"), ["base"]),
+                 (("train", "mixed_precision"), "no"), (("train", "optimizer"), "adamw"), (("train", "scale_lr"), False)] + [
     (("world", *path), value) for path, value in W.ADDED_OPTIONS]
 
 
@@ -63,7 +64,9 @@ def is_complete(path: Path) -> bool:
     return (path / "result.json").is_file() and (path / "scores.parquet").is_file()
 
 
-def provenance() -> dict:
+def provenance(device: str | None = None) -> dict:
+    """git sha and dirty flag, package versions, python, platform and `device`: the device the job
+    ran on (bench.devices.device_record); None: the one torch would pick."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args):
@@ -82,8 +85,8 @@ def provenance() -> dict:
     return {"git_sha": git("rev-parse", "HEAD") or None,
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             "versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
-            "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-            f"cpu ({torch.get_num_threads()} threads)"}
+            "device": device if device is not None else "cuda:" + torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"}
 
 
 def write_job(path: Path, result: dict, scores: pd.DataFrame, config_yaml: str) -> None:

@@ -46,6 +46,7 @@ from bench.results import is_complete, job_dir, job_hash, job_identity, provenan
 from bench.results import write_sample_sheet
 from bench.sample import generate
 from bench.checkpoint import RESUME_DIR
+from bench.devices import Precision, device_record, job_device, place
 from bench.train import train
 
 WORKER_RESULT = "worker_result.json"
@@ -135,7 +136,13 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     times, t0 = {}, time.time()
     method = METHODS.get(job.method.name)(job.method)
     backbone = BACKBONES.get(job.backbone.name)(job.backbone, job.world, cache)
+    # every module of the job on this process's device, the frozen ones in the job's precision
+    device = job_device()
+    precision = Precision(job.train.mixed_precision, device)
+    place(backbone, device, precision)
     weights_id = _key(dataclasses.asdict(job.backbone))
+    if job.train.mixed_precision != "no":       # samples under autocast differ from float32 ones
+        weights_id = _key(weights_id, job.train.mixed_precision)
     times["load"] = time.time() - t0
 
     prompts = eval_prompts(job)
@@ -148,7 +155,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     def sample(tx, sd, unet=None, desc="sample", guidance=None, steps=None):
         return generate(backbone, tx, sd, unet=unet, batch_size=job.eval.batch_size,
                         progress=job.progress, desc=desc, compile=job.launch.compile,
-                        guidance_scale=guidance, num_inference_steps=steps)
+                        guidance_scale=guidance, num_inference_steps=steps, autocast=precision.autocast)
 
     def base_samples(tx, sd, desc, guidance=None, steps=None):   # cached, shared by every job of these weights
         key = _key(weights_id, tx, sd) if guidance is None and steps is None else _key(weights_id, tx, sd, guidance, steps)
@@ -160,7 +167,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     base_images = base_samples(texts, seeds, "sample base")
     times["sample_base"] = time.time() - t
 
-    history, data_info = [], {}
+    history, data_info, train_info = [], {}, {}
     if method.feedback == "none":
         images = base_images
     else:
@@ -177,13 +184,14 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
         t = time.time()
         ckpt_dir = cache / "checkpoints" / out.name
         if job.launch.num_processes > 1:
-            policy, history, info = train_distributed(job, plain, backbone, path, ckpt_dir)
+            policy, history, info, train_info = train_distributed(job, plain, backbone, path, ckpt_dir)
             data_info.update(info)
         else:
             callbacks = [] if probe is None else [
                 _probe_callback(job, probe, prompts, texts, seeds, base_images, sample)]
             policy, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
-                                    progress=job.progress, callbacks=callbacks, ref_cache_dir=cache / "reference")
+                                    progress=job.progress, callbacks=callbacks, ref_cache_dir=cache / "reference",
+                                    info=train_info)
             data_info.update(getattr(method, "data_info", {}))   # what the method made of its feedback
         times["train"] = time.time() - t
         t = time.time()
@@ -221,7 +229,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     times["total"] = time.time() - t0
     result = {
         "job": job_hash(plain), "backbone": backbone.name, "method": job.method.name,
-        "identity": job_identity(plain), "config": plain, "provenance": provenance(),
+        "identity": job_identity(plain), "config": plain, "provenance": provenance(device_record(device)),
         "wall_s": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "budget": {"steps": job.train.steps if method.feedback != "none" else 0,
@@ -231,6 +239,8 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
         "attributes": {"model": attribute_summary(attrs), "base": attribute_summary(base_attrs)},
         "train_history": history,
     }
+    if train_info:      # where training ran: device, precision, optimizer, effective lr, placement
+        result["training"] = train_info
     write_job(out, result, df, OmegaConf.to_yaml(cfg))
     # the job is complete: its resumable training state is no longer needed (the final policy
     # weights stay in the checkpoint directory)
@@ -269,7 +279,9 @@ def _probe_callback(job: JobConfig, probe: Probe, prompts, texts, seeds, base_im
 def train_distributed(job: JobConfig, plain: dict, backbone, data_path: Path, ckpt_dir: Path):
     """The training stage on launch.num_processes processes: write the resolved config and
     `accelerate launch` bench.worker on it; the main worker writes the final policy weights and
-    the history, which are read back here. Returns (policy unet, history, data info)."""
+    the history, which are read back here. Returns (policy unet, history, data info, training
+    info with every rank's device and placement). `--mixed_precision no` for accelerate: the
+    trainer applies train.mixed_precision itself (bench/devices.py), in one process or many."""
     from safetensors.torch import load_file as load
     from bench.train import setup_policy
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +306,7 @@ def train_distributed(job: JobConfig, plain: dict, backbone, data_path: Path, ck
     if unexpected:
         raise BenchError(f"the workers' policy weights do not fit the model ({unexpected[0]}); delete {ckpt_dir}")
     policy.eval()
-    return policy, info["history"], info["data_info"]
+    return policy, info["history"], info["data_info"], info.get("training", {})
 
 
 CORPUS_PROBE = {"n": 2048, "seed": 12345}   # corpus images judged to compare defect rates

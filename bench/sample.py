@@ -6,6 +6,7 @@ composition. With DDIM (eta=0) the rest of sampling is deterministic.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import weakref
 
@@ -41,10 +42,13 @@ def compiled(unet):
 @torch.no_grad()
 def generate(backbone, prompts: list[str], seeds: list[int], unet=None, batch_size: int = 64,
              progress: bool = True, desc: str = "sample", compile: bool = False,
-             guidance_scale: float | None = None, num_inference_steps: int | None = None) -> torch.Tensor:
+             guidance_scale: float | None = None, num_inference_steps: int | None = None,
+             autocast=contextlib.nullcontext) -> torch.Tensor:
     """uint8 images (N, 3, H, W); `unet` replaces the backbone's UNet (the aligned policy).
     compile: run the UNet through torch.compile (launch.compile; docs/performance.md).
-    guidance_scale / num_inference_steps: None = the backbone's (other generators of a pair pool)."""
+    guidance_scale / num_inference_steps: None = the backbone's (other generators of a pair pool).
+    autocast: a context factory the pipeline runs under (train.mixed_precision: bench/devices.py).
+    The initial noise is drawn on the CPU and moved to the UNet's device: same noise on any device."""
     guidance = backbone.guidance_scale if guidance_scale is None else guidance_scale
     steps = backbone.num_inference_steps if num_inference_steps is None else num_inference_steps
     pipe = backbone.pipe
@@ -57,9 +61,11 @@ def generate(backbone, prompts: list[str], seeds: list[int], unet=None, batch_si
     try:
         for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
             p, s = prompts[i:i + batch_size], seeds[i:i + batch_size]
-            img = pipe(p, latents=initial_latents(backbone, p, s), height=backbone.resolution,
-                       width=backbone.resolution, num_inference_steps=steps,
-                       guidance_scale=guidance, output_type="pt").images
+            with autocast():
+                img = pipe(p, latents=initial_latents(backbone, p, s).to(model.device), height=backbone.resolution,
+                           width=backbone.resolution, num_inference_steps=steps,
+                           guidance_scale=guidance, output_type="pt").images
+            img = img.float().cpu()
             out.append((img.clamp(0, 1) * 255).round().to(torch.uint8))
     finally:
         model.train(was_training)

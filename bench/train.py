@@ -274,7 +274,7 @@ def error_weights(backbone, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor |
     """w(t) per sample for `cfg.error_weighting` (None: constant 1; check_config has checked it)."""
     if cfg.error_weighting == "none":
         return None
-    abar = backbone.noise_scheduler.alphas_cumprod[t]
+    abar = backbone.noise_scheduler.alphas_cumprod.to(t.device)[t]
     w = torch.clamp(1 / abar, max=cfg.error_weight_cap)
     return w * abar if backbone.prediction_type == "v_prediction" else w
 
@@ -297,8 +297,30 @@ def draw_noise(latents: torch.Tensor, paired: bool, n_timesteps: int, gen: torch
     return noise, t
 
 
+def make_optimizer(params: list, cfg: TrainConfig, lr: float):
+    """The optimizer train.optimizer names (check_config has checked the name and bitsandbytes)."""
+    if cfg.optimizer == "adafactor":
+        # DiffusionDPO train.py (SDXL): Adafactor(lr, weight_decay, clip_threshold=1.0,
+        # scale_parameter=False, relative_step=False)
+        from transformers.optimization import Adafactor
+        return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, clip_threshold=1.0,
+                         scale_parameter=False, relative_step=False, warmup_init=False)
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                   weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay)
+
+
+def learning_rate(cfg: TrainConfig) -> float:
+    """train.lr, times the global batch (batch_size x grad_accum) with train.scale_lr."""
+    return cfg.lr * cfg.batch_size * cfg.grad_accum if cfg.scale_lr else cfg.lr
+
+
 def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir: Path | None = None,
-          progress: bool = True, unet=None, callbacks=(), accelerator=None, ref_cache_dir: Path | None = None):
+          progress: bool = True, unet=None, callbacks=(), accelerator=None, ref_cache_dir: Path | None = None,
+          info: dict | None = None):
     """Fine-tune backbone.unet (or `unet`) with the method; returns (policy unet, history of
     logged metrics).
 
@@ -317,7 +339,11 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     gradients. So the global batch per optimizer step is batch_size x grad_accum whatever the
     number of processes, and the run follows the 1-process run up to floating-point reduction
     order (for losses that are means over the batch; KTO's batch-mean reference point is taken
-    per process). Only the main process writes checkpoints."""
+    per process). Only the main process writes checkpoints.
+    Device and precision (bench/devices.py): everything runs on this process's accelerate device,
+    under train.mixed_precision; random draws are made on the CPU generator and moved there, so a
+    run draws the same noise on any device. `info` (a dict) receives the device, the effective
+    learning rate and where every module's parameters and buffers were during training."""
     check_config(cfg)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
@@ -325,24 +351,41 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     if cfg.batch_size % world:
         raise BenchError(f"train.batch_size={cfg.batch_size} (the global micro-batch) must be divisible by "
                          f"launch.num_processes={world}")
+    from bench.devices import Precision, job_device, place, placement, frozen_modules, device_record
+    device = job_device(accelerator)
+    precision = Precision(cfg.mixed_precision, device)
+    place(backbone, device, precision)
     data = method.prepare(backbone, data, cfg, seed, progress)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    unet, reference = setup_policy(backbone.unet if unet is None else unet, cfg,
-                                   refresh=method.reference_refresh(),
+    unet = backbone.unet if unet is None else unet.to(device=device, dtype=torch.float32)
+    unet, reference = setup_policy(unet, cfg, refresh=method.reference_refresh(),
                                    with_reference=method.needs_reference)
+    if reference is not None and reference.ref is not None and reference.refresh is None:
+        reference.ref.to(precision.dtype)        # a frozen reference is held in the frozen parts' dtype
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     unet.train()
     extra = list(method.extra_parameters())
+    for p in extra:
+        p.data = p.data.to(device)
     policy_params = [p for p in unet.parameters() if p.requires_grad]
     params = policy_params + extra
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    lr = learning_rate(cfg)
+    opt = make_optimizer(params, cfg, lr)
+    scaler = precision.scaler()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
     ema = None
     if cfg.ema_decay is not None:
         from diffusers.training_utils import EMAModel
         ema = EMAModel(policy_params, decay=cfg.ema_decay, min_decay=cfg.ema_decay)
         ema.optimization_step = 1      # get_decay(step) returns 0 (a copy) for the first step otherwise
+    if info is not None:
+        where = {"policy": unet, **frozen_modules(backbone),
+                 "reference": None if reference is None else reference.ref,
+                 "ema": None if ema is None else ema.shadow_params, "extra": extra or None}
+        info.update({"device": device_record(device), "mixed_precision": cfg.mixed_precision,
+                     "optimizer": cfg.optimizer, "lr": lr, "placement": placement(where)})
     captions = sorted(set(data.captions) | {""})
     enc = backbone.encode_prompts(captions)      # flat dict of per-caption tensors (SDXL: 3 keys)
     caption_row = {c: i for i, c in enumerate(captions)}
@@ -350,7 +393,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     draws = None
     if cfg.ref_draws > 0 and reference is not None:
         draws = _reference_draws(backbone, method, data, reference, enc, caption_row, cfg, n_t,
-                                 ref_cache_dir, progress and main_process)
+                                 ref_cache_dir, progress and main_process, precision.autocast)
     batches = _batches(method, data, cfg, gen)
     history, window, start, wall0 = [], [], 0, 0.0
     state_dir = Path(ckpt_dir) / RESUME_DIR if ckpt_dir is not None and cfg.checkpoint_every > 0 else None
@@ -362,7 +405,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
         if saved is not None:
             meta, tensors = saved
             restore(meta, tensors, unet=unet, reference=reference, extra_params=extra, opt=opt,
-                    sched=sched, gen=gen, ema=ema)
+                    sched=sched, gen=gen, ema=ema, scaler=scaler)
             start, history, window, wall0 = meta["step"], meta["history"], meta["window"], meta["wall_s"]
             log.info("resumed training from %s at step %d of %d", state_dir, start, cfg.steps)
     # the batch stream is a pure function of `gen`, so the restored generator continues it
@@ -376,10 +419,11 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
         for j in range(cfg.grad_accum):
             sync = world == 1 or j == cfg.grad_accum - 1          # all-reduce once per optimizer step
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
-                                            caption_row, cfg, n_t, gen, step, model=model, rank=rank, world=world,
-                                            draws=draws)
-                (loss / cfg.grad_accum).backward()
+                with precision.autocast():
+                    loss, metrics = _micro_step(backbone, method, unet, reference, next(batches), enc,
+                                                caption_row, cfg, n_t, gen, step, model=model, rank=rank,
+                                                world=world, draws=draws)
+                scaler.scale(loss / cfg.grad_accum).backward()
             micro.append({"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}})
         if world > 1:
             for p in extra:                       # not inside the DDP module: average by hand
@@ -388,8 +432,9 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
             keys = list(micro[0])
             vals = accelerator.reduce(torch.tensor([[m[k] for k in keys] for m in micro], dtype=torch.float64), "mean")
             micro = [dict(zip(keys, row.tolist())) for row in vals]
+        scaler.unscale_(opt)                      # fp16: true gradients before clipping
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step(); sched.step()
+        scaler.step(opt); scaler.update(); sched.step()
         if ema is not None:
             ema.step(policy_params)
         if reference is not None:
@@ -406,7 +451,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
             if main_process:
                 save_state(state_dir, step=step + 1, fp=fp, unet=unet, lora=cfg.finetune == "lora",
                            reference=reference, extra_params=extra, opt=opt, sched=sched, gen=gen,
-                           history=history, window=window, wall_s=time.time() - t0, ema=ema)
+                           history=history, window=window, wall_s=time.time() - t0, ema=ema, scaler=scaler)
             if world > 1:
                 accelerator.wait_for_everyone()
         for cb in callbacks:
@@ -454,7 +499,8 @@ class ReferenceDraws:
 
 
 def _reference_draws(backbone, method: Method, data, reference, enc: dict, caption_row: dict,
-                     cfg: TrainConfig, n_t: int, cache_dir: Path | None, progress: bool) -> ReferenceDraws:
+                     cfg: TrainConfig, n_t: int, cache_dir: Path | None, progress: bool,
+                     autocast=contextlib.nullcontext) -> ReferenceDraws:
     """The fixed draws and the reference's errors on them (cached under cache_dir)."""
     from bench.refcache import Draws, cache_key, reference_table
     if reference.refresh is not None:
@@ -480,8 +526,10 @@ def _reference_draws(backbone, method: Method, data, reference, enc: dict, capti
         rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
         cond = {k: v[rows] for k, v in enc.items()}
         latents = backbone.encode_images(imgs.float() / 255.0)
-        with torch.no_grad():
-            err = reference(lambda m: per_sample_error(backbone, m, latents, noise, t, cond))
+        noise, t = noise.to(latents.device), t.to(latents.device)
+        cond = {k: v.to(latents.device) for k, v in cond.items()}
+        with torch.no_grad(), autocast():
+            err = reference(lambda m: per_sample_error(backbone, m, latents, noise, t, cond)).cpu()
         return err.view(2, -1).T if paired else err[:, None]
 
     path = None
@@ -518,10 +566,13 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
         if b.paired:
             drop = drop + drop                # a pair keeps or drops its caption together
     rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
-    cond = method.condition({k: v[rows] for k, v in enc.items()}, b)
+    cond = method.condition({k: v[rows.to(v.device)] for k, v in enc.items()}, b)
     latents = backbone.encode_images(b.images.float() / 255.0)
     if draws is None:
         noise, t = draw_noise(latents, b.paired, n_t, gen)
+    noise, t = noise.to(latents.device), t.to(latents.device)     # drawn on the CPU generator
+    if cached_ref is not None:
+        cached_ref = cached_ref.to(latents.device)
     if world > 1:
         b, mine = _shard(b, rank, world)
         cond = {k: v[mine] for k, v in cond.items()}

@@ -48,14 +48,20 @@ def main(argv: list[str] | None = None) -> int:
         backbone = BACKBONES.get(job.backbone.name)(job.backbone, job.world, cache)
         data, data_info = load_for_method(method, Path(spec.data_path), job.data, cache, backbone.resolution,
                                           world=bool(spec.world))
+        info: dict = {}
         _, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
-                           progress=job.progress, accelerator=acc, ref_cache_dir=cache / "reference")
+                           progress=job.progress, accelerator=acc, ref_cache_dir=cache / "reference", info=info)
+        from accelerate.utils import gather_object
+        ranks = gather_object([{"rank": acc.process_index, **info}])     # every rank's device and placement
         if acc.is_main_process:
             data_info.update(getattr(method, "data_info", {}))
             out = ckpt_dir / WORKER_RESULT
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+            training = {k: v for k, v in info.items() if k != "placement"}
+            training["ranks"] = [{"rank": r["rank"], "device": r["device"], "placement": r["placement"]}
+                                 for r in ranks]
             tmp.write_text(json.dumps({"history": history, "data_info": data_info,
-                                       "num_processes": acc.num_processes}, default=str))
+                                       "num_processes": acc.num_processes, "training": training}, default=str))
             os.replace(tmp, out)
         acc.wait_for_everyone()
     except BenchError as e:

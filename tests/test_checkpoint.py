@@ -42,10 +42,13 @@ def policy_state(unet):
     return {k: v.clone() for k, v in unet.state_dict().items()}
 
 
-@pytest.mark.parametrize("method_cls,finetune", [(DPO, "full"), (DPO, "lora"), (EmaDPO, "full")])
-def test_resumed_run_equals_uninterrupted_run(tiny_arch, tmp_path, method_cls, finetune):
+@pytest.mark.parametrize("method_cls,finetune,opts", [
+    (DPO, "full", {}), (DPO, "lora", {}), (EmaDPO, "full", {}),
+    # paper-scale options: Adafactor's factored moments; fp16's loss scale (GradScaler state)
+    (DPO, "full", {"optimizer": "adafactor"}), (DPO, "lora", {"mixed_precision": "fp16"})])
+def test_resumed_run_equals_uninterrupted_run(tiny_arch, tmp_path, method_cls, finetune, opts):
     cfg = TrainConfig(steps=6, batch_size=2, grad_accum=2, lr=1e-3, warmup=4, log_every=1,
-                      checkpoint_every=2, finetune=finetune)
+                      checkpoint_every=2, finetune=finetune, **opts)
 
     def run(ckpt, callbacks=()):
         bb = Backbone("x", build_tiny(tiny_arch, 32), 32, 3.0, 2)
@@ -62,6 +65,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_arch, tmp_path, method_cls, f
     a, b = policy_state(unet_a), policy_state(unet_b)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((state / STATE_JSON).read_text())["step"] == 6
+    assert ("scaler" in json.loads((state / STATE_JSON).read_text())) == (opts.get("mixed_precision") == "fp16")
     assert not list(tmp_path.rglob("*.tmp*"))
 
 

@@ -27,6 +27,15 @@ def test_two_processes_follow_the_one_process_run(tmp_path, tiny_pipe_dir, monke
         for k in ("loss", "implicit_acc", "model_err_w", "ref_err_w"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k)
     assert h1[-1]["loss"] != pytest.approx(h1[0]["loss"], abs=1e-6)   # it trained
+    # every module of every rank on that rank's device (gloo on CPU: cpu), as result.json records
+    modules = {"policy", "vae", "text_encoder", "reference", "ema"}
+    t1 = json.loads((one / "result.json").read_text())["training"]
+    assert set(t1["placement"]) == modules and t1["device"].startswith("cpu")
+    ranks = json.loads((two / "result.json").read_text())["training"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert set(r["placement"]) == modules and r["device"].startswith("cpu")
+        assert all(w["devices"] == ["cpu"] and w["dtypes"] == ["float32"] for w in r["placement"].values())
     ckpt = tmp_path / "cache" / "checkpoints" / two.name
     assert (ckpt / "unet.safetensors").is_file() and (ckpt / "worker.yaml").is_file()
     assert not (ckpt / "resume").exists()                  # removed once the job is complete

@@ -310,8 +310,11 @@ def validate(cfg: DictConfig) -> JobConfig:
     if job.train.batch_size % job.launch.num_processes:
         raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
                          f"by launch.num_processes={job.launch.num_processes}")
-    if job.data.source not in ("world", "file"):
-        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
+    from bench.stream import STREAM_SOURCES, check_stream_source
+    if job.data.source not in ("world", "file") + STREAM_SOURCES:
+        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file, {', '.join(STREAM_SOURCES)}")
+    if job.data.source in STREAM_SOURCES:
+        check_stream_source(job.data, job.method.name, job.train)   # layout, shards, columns, options
     if job.data.source == "file" and not job.data.path:
         raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
     if job.data.source == "file":

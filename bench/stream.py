@@ -423,6 +423,12 @@ class PairStream:
         self.on_corrupt, self.num_workers, self.shuffle_buffer = on_corrupt, int(num_workers), int(shuffle_buffer)
         self.latent_cache, self.cache_root, self.cache_path = latent_cache, cache_root, None
 
+    def attach(self, backbone) -> None:
+        """Key the latent cache by this backbone's encoders (once; a no-op without the cache)."""
+        if self.latent_cache != "none" and self.cache_path is None and backbone is not None:
+            self.cache_path = cache_dir_for(self, backbone)
+            log.info("latent cache: %s", self.cache_path)
+
     def __len__(self) -> int:          # rows (pairs of Pick-a-Pic, records of HPD), not kept pairs
         return sum(u.rows for u in self.units)
 
@@ -442,6 +448,7 @@ class PairStream:
         """The rank's pairs, shuffled through the buffer: dicts with key (row or record, pair
         number), epoch, caption, and either winner/loser images or cached tensors. With the
         latent cache on, `backbone` encodes (and writes) units that are not cached yet."""
+        self.attach(backbone)
         rng = np.random.default_rng([self.seed, rank, 1])
         buf: list = []
         for item in self.items(rank, world, epochs):
@@ -473,9 +480,7 @@ class PairStream:
         if method.feedback not in STREAM_FEEDBACK:
             raise BenchError(f"{type(method).__name__} trains on {method.feedback!r} feedback; a streamed source "
                              f"gives pairs (methods with feedback {', '.join(STREAM_FEEDBACK)})")
-        if self.latent_cache != "none" and self.cache_path is None:
-            self.cache_path = cache_dir_for(self, backbone)
-            log.info("latent cache: %s", self.cache_path)
+        self.attach(backbone)
         n = cfg.batch_size // world
         paired = method.feedback == "pairs"
         it = self.pairs(rank, world, None, backbone)

@@ -3,6 +3,7 @@ published columns: sharding across ranks, a seeded order, crop/flip, workers, th
 import datetime
 import io
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -148,3 +149,94 @@ def test_hpdv2_streams_every_pair_across_ranks(tmp_path):
     keys = [p["key"] for r in range(2) for p in s.pairs(r, 2, 1)]
     expected = [(r, j) for r in range(70) if r % 9 for j in range(2)]   # 2 pairs per record, no ties
     assert sorted(keys) == expected
+
+
+# ----------------------------------------------------------------------------- the latent cache
+
+def tiny_backbone(tiny_arch, vae_kind):
+    from bench.backbones import Backbone, build_tiny
+    pipe = build_tiny(tiny_arch, RES)
+    if vae_kind == "kl":      # a real AutoencoderKL (random weights): its posterior has a real std
+        from diffusers import AutoencoderKL
+        torch.manual_seed(0)
+        pipe.vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=pipe.unet.config.in_channels,
+                                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                 block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                 scaling_factor=0.18215)
+    return Backbone("x", pipe, RES, 3.0, 2)
+
+
+def first_loss(bb, s, cfg):
+    """The DPO loss of the stream's first micro-batch, from fixed generator states."""
+    from bench.train import _micro_step, setup_policy
+    from methods.dpo import DPO, DPOConfig
+    method = DPO(DPOConfig())
+    b = next(s.batches(method, bb, cfg))
+    if not hasattr(bb, "_ref"):
+        bb._ref = setup_policy(bb.unet, cfg, with_reference=True)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():                   # move the policy off the reference: a loss != log 2
+            for p in bb.unet.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    unet, ref = bb._ref
+    torch.manual_seed(11)
+    loss, _ = _micro_step(bb, method, unet, ref, b, bb.encode_prompts([""]), {"": 0}, cfg, 1000,
+                          torch.Generator().manual_seed(5), 0)
+    return loss.item(), b
+
+
+@pytest.mark.parametrize("vae_kind", ["s2d", "kl"])
+def test_latent_cache_gives_the_on_the_fly_loss(pickapic, tmp_path, tiny_arch, vae_kind, monkeypatch):
+    from bench.train import TrainConfig
+    bb = tiny_backbone(tiny_arch, vae_kind)
+    cfg = TrainConfig(batch_size=4, empty_prompt_prob=0.5)
+    cache = tmp_path / "cache"
+    live, b_live = first_loss(bb, stream(pickapic), cfg)
+    built, b = first_loss(bb, stream(pickapic, latent_cache="dist", cache_root=cache), cfg)
+    assert b.images is None and b_live.images is not None and b.captions == b_live.captions
+    assert abs(live - math.log(2)) > 1e-3
+    # dist: a fresh sample from the cached posterior with the global generator, as on the fly; equal
+    # up to the VAE's float rounding, which depends on how many images it encodes at once (a unit's
+    # pairs vs a micro-batch: ~1e-6 for the KL VAE on this CPU; beta = 5000 magnifies it in the loss)
+    torch.manual_seed(3)
+    sampled = b.latents.get()
+    torch.manual_seed(3)
+    assert torch.allclose(sampled, bb.encode_images(b_live.images.float() / 255), atol=1e-5, rtol=0)
+    assert built == pytest.approx(live, rel=1e-4)
+    entries = sorted(cache.rglob("*.safetensors"))
+    assert entries and all((e.parent / (e.name + ".sha256")).is_file() for e in entries)
+    # read back: neither the VAE nor the text encoder runs, and the loss is the same again
+    monkeypatch.setattr(bb.pipe.vae, "encode", lambda *a, **k: pytest.fail("VAE ran on a cached unit"))
+    monkeypatch.setattr(bb, "encode_prompts", lambda caps, grad=False: (
+        pytest.fail("text encoder ran on cached captions") if caps != [""] else type(bb).encode_prompts(bb, caps)))
+    cached, _ = first_loss(bb, stream(pickapic, latent_cache="dist", cache_root=cache), cfg)
+    assert cached == built
+    monkeypatch.undo()
+    # mode: the posterior's mean x scaling factor, no sampling; differs from dist where std matters
+    mode, bm = first_loss(bb, stream(pickapic, latent_cache="mode", cache_root=cache), cfg)
+    vae = bb.pipe.vae
+    with torch.no_grad():
+        want = vae.encode(b_live.images.float() / 255 * 2 - 1).latent_dist.mode() * vae.config.scaling_factor
+    assert torch.allclose(bm.latents.get(), want, atol=1e-5)
+    if vae_kind == "kl":
+        assert abs(mode - live) > 1e-6
+    else:             # SpaceToDepth's std is ~3e-7: mode and sample agree
+        assert mode == pytest.approx(live, rel=1e-3)   # (beta 5000 magnifies the 3e-7 std)
+
+
+def test_damaged_cache_entry_is_detected_and_made_again(pickapic, tmp_path, tiny_arch, caplog):
+    bb = tiny_backbone(tiny_arch, "s2d")
+    cache = tmp_path / "cache"
+    first = [p["key"] for p in stream(pickapic, latent_cache="dist", cache_root=cache).pairs(0, 1, 1, bb)]
+    entries = sorted(cache.rglob("*.safetensors"))
+    assert len(entries) == 8                       # one per unit
+    good = entries[3].read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    entries[3].write_bytes(bytes(data))
+    again = stream(pickapic, latent_cache="dist", cache_root=cache)
+    pairs = list(again.pairs(0, 1, 1, bb))
+    assert [p["key"] for p in pairs] == first
+    assert f"cache entry {entries[3]} is damaged (the file does not match its SHA-256)" in caplog.text
+    assert entries[3].read_bytes() == good         # made again, byte for byte
+    assert json.loads((entries[3].parent / (entries[3].name + ".sha256")).read_text())

@@ -240,3 +240,34 @@ def test_damaged_cache_entry_is_detected_and_made_again(pickapic, tmp_path, tiny
     assert f"cache entry {entries[3]} is damaged (the file does not match its SHA-256)" in caplog.text
     assert entries[3].read_bytes() == good         # made again, byte for byte
     assert json.loads((entries[3].parent / (entries[3].name + ".sha256")).read_text())
+
+
+# ----------------------------------------------------------------------------- a whole job
+
+def test_run_trains_on_a_streamed_pickapic_directory(pickapic, tmp_path, tiny_pipe_dir, monkeypatch):
+    """`python -m bench run ... data.source=pickapic_v2 data.path=<dir>` end to end (the CLI's
+    entry point, in this process), with a DataLoader worker and the latent cache: result.json
+    records the stream and the training history."""
+    import logging
+    from bench.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["bench"])
+    root_log = logging.getLogger()
+    handlers, level = list(root_log.handlers), root_log.level
+    try:
+        assert main(["run", "backbone=tiny-sd15", f"backbone.weights={tiny_pipe_dir}", "method=dpo",
+                     "data.source=pickapic_v2", f"data.path={pickapic}", "data.num_workers=1",
+                     "data.latent_cache=dist", "train.steps=2", "train.batch_size=2", "train.log_every=1",
+                     "backbone.num_inference_steps=2", "eval.max_prompts=2", "eval.seeds_per_prompt=1",
+                     "eval.batch_size=2", f"paths.results={tmp_path / 'results'}",
+                     f"paths.cache={tmp_path / 'cache'}", "progress=false"]) == 0
+    finally:
+        root_log.handlers[:] = handlers      # Hydra points logging at this test's captured streams
+        root_log.setLevel(level)
+    (result,) = (tmp_path / "results").rglob("result.json")
+    res = json.loads(result.read_text())
+    assert res["data"]["streamed"] and res["data"]["shards"] == 2 and res["data"]["units"] == 8
+    assert [h["step"] for h in res["train_history"]] == [1, 2]
+    assert all(math.isfinite(h["loss"]) for h in res["train_history"])
+    assert res["config"]["data"]["source"] == "pickapic_v2"
+    assert list((tmp_path / "cache" / "stream").rglob("*.safetensors.sha256"))   # the cache was written

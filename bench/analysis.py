@@ -918,23 +918,16 @@ def check_registered(spec: PaperSpec, fixed: list[str], sweep: dict[str, list[st
 
 def spec_job_dirs(fixed: list[str], sweep: dict[str, list[str]], extra: list[str]) -> list[Path]:
     """The job directory of every combination, computed exactly as bench.runner.run_job names it."""
-    import dataclasses
     from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-    import bench.runner as R
+    from bench.config import register_configs, resolve
     from bench.results import job_dir
-    R.register_configs()
+    register_configs()
     keys = list(sweep)
     dirs = []
     with initialize_config_module("bench.conf", version_base="1.3"):
         for combo in itertools.product(*(sweep[k] for k in keys)) if keys else [()]:
             cfg = compose("config", overrides=fixed + [f"{k}={v}" for k, v in zip(keys, combo)] + extra)
-            job = R.validate(cfg)
-            # mirrors the first lines of bench.runner.run_job (tests check both give the same dir)
-            plain = OmegaConf.to_container(cfg, resolve=True)
-            plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
-            for k in ("world", "data", "train", "eval"):
-                plain[k] = dataclasses.asdict(getattr(job, k))
+            job, plain = resolve(cfg)            # as bench.runner.run_job names its job
             dirs.append(job_dir(Path(job.paths.results), plain))
     return dirs
 

@@ -337,8 +337,11 @@ def validate(cfg: DictConfig) -> JobConfig:
     if job.train.batch_size % job.launch.num_processes:
         raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
                          f"by launch.num_processes={job.launch.num_processes}")
-    if job.data.source not in ("world", "file"):
-        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file")
+    from bench.stream import STREAM_SOURCES, check_stream_source
+    if job.data.source not in ("world", "file") + STREAM_SOURCES:
+        raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file, {', '.join(STREAM_SOURCES)}")
+    if job.data.source in STREAM_SOURCES:
+        check_stream_source(job.data, job.method.name, job.train)   # layout, shards, columns, options
     if job.data.source == "file" and not job.data.path:
         raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
     if job.data.source == "file":
@@ -350,6 +353,45 @@ def validate(cfg: DictConfig) -> JobConfig:
     # unknown scorers or scorer options, missing weights, world scorers on real prompts -> BenchError
     check_scorers(job.eval, [p.text for p in prompts])
     return job
+
+
+WEIGHTS_KEY = "weights_fingerprint"   # top-level key of a resolved config (bench.results.job_identity)
+
+
+def resolve(cfg: DictConfig) -> tuple[JobConfig, dict]:
+    """The typed job and its resolved plain config, from which the job's identity, hash and
+    directory are computed (bench.results.job_dir): every section as its typed dataclass, plus
+    the fingerprint of weights named by a path or hub id (`weights_fingerprint`). The runner, the
+    paper specs and tuning all name jobs through this function."""
+    job = validate(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
+    for k in ("world", "data", "train", "eval"):
+        plain[k] = dataclasses.asdict(getattr(job, k))
+    fp = weights_fingerprint(job.backbone, Path(job.paths.cache))
+    if fp:
+        plain[WEIGHTS_KEY] = fp
+    return job, plain
+
+
+def weights_fingerprint(backbone, cache_dir: Path) -> dict:
+    """{what: fingerprint} of the weight files a backbone config names (bench/fingerprint.py):
+    a tiny backbone's `weights=<dir>`, a real one's `path` or its hub snapshot, and `vae_path`.
+    Empty for the shipped and pretrained tiny weights: their recipe and checksums name them."""
+    from bench.fingerprint import fingerprint, hub_snapshot
+    out = {}
+    weights = getattr(backbone, "weights", None)
+    if weights not in (None, "shipped", "pretrain") and Path(weights).is_dir():
+        out["weights"] = fingerprint(weights, cache_dir)
+    if hasattr(backbone, "model_id"):
+        root = Path(backbone.path) if backbone.path else hub_snapshot(backbone.model_id)
+        if root is not None and root.is_dir():
+            out["pipeline"] = fingerprint(root, cache_dir)
+        if backbone.vae_path:
+            vae = Path(backbone.vae_path) if Path(backbone.vae_path).is_dir() else hub_snapshot(backbone.vae_path)
+            if vae is not None and vae.is_dir():
+                out["vae"] = fingerprint(vae, cache_dir)
+    return out
 
 
 def check_backbone_paths(backbone) -> None:

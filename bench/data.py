@@ -35,7 +35,9 @@ PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 
 @dataclass
 class DataConfig:
-    source: str = "world"              # world: simulated annotators on base samples; file: a parquet
+    # world: simulated annotators on base samples; file: a parquet; pickapic_v2 | hpdv2: a
+    # dataset directory streamed shard by shard (bench/stream.py)
+    source: str = "world"
     path: str | None = None            # for source=file: a Pick-a-Pic-format parquet file
     n_pairs: int = 1024                # world: pairs of base samples to annotate
     keep_ties: bool = False            # Diffusion-DPO drops ties (train.py); True keeps them (skipped by pair methods)
@@ -47,6 +49,17 @@ class DataConfig:
     generators: list[str] = field(default_factory=lambda: ["base"])
     seed: int = 0
     annotator: W.AnnotatorConfig = field(default_factory=W.AnnotatorConfig)
+    # Streamed sources (source=pickapic_v2 | hpdv2, path=<dataset directory>; bench/stream.py):
+    split: str = "train"               # the split read (Pick-a-Pic: train, validation, ...; HPD: train, test)
+    num_workers: int = 0               # DataLoader worker processes decoding units (0: in the trainer)
+    shuffle_buffer: int = 1000         # pairs mixed across units (1: unit order only)
+    # DiffusionDPO train.py: CenterCrop unless --random_crop; RandomHorizontalFlip unless --no_hflip
+    random_crop: bool = False
+    hflip: bool = True
+    # none: encode every micro-batch; dist: cache the VAE posterior's mean and std (a fresh sample
+    # every step, as DiffusionDPO) and the text conditioning; mode: the mean only (deterministic)
+    latent_cache: str = "none"
+    on_corrupt: str = "error"          # an undecodable image: stop (error) or skip its pair with a warning (skip)
 
 
 @dataclass
@@ -229,6 +242,17 @@ def generator_pool(cfg: DataConfig) -> list[Generator]:
     return pool
 
 
+STREAM_OPTIONS = ("split", "num_workers", "shuffle_buffer", "random_crop", "hflip", "latent_cache", "on_corrupt")
+
+
+def world_repr(cfg: DataConfig) -> str:
+    """repr(cfg) without the streamed sources' options (they do not change world pairs), as it
+    was before they existed: the world's preference cache keys stay the same."""
+    import dataclasses
+    return "DataConfig(" + ", ".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
+                                     if f.name not in STREAM_OPTIONS) + ")"
+
+
 def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache_dir: Path,
                       weights_id: str, sample_fn) -> Path:
     """Pairs of images on train prompts from the generator pool (data.generators), labelled by
@@ -238,7 +262,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     guidance, steps)` returns uint8 images from the base model (None: its configured settings).
     """
     import json
-    key = hashlib.sha256(json.dumps([weights_id, repr(world_cfg), repr(cfg)]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([weights_id, repr(world_cfg), world_repr(cfg)]).encode()).hexdigest()[:12]
     path = Path(cache_dir) / "preferences" / f"{backbone.name}-{key}.parquet"
     if load_entry(path, open_pickapic) is not None:          # a damaged entry is deleted and made again
         return path

@@ -437,6 +437,9 @@ def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, wo
     path = Path(path)
     kind, cfg = method.feedback, method.cfg
     base = Path(cache_dir) / "feedback"
+    if getattr(data_cfg, "source", None) in ("pickapic_v2", "hpdv2"):   # a directory, streamed
+        from bench.stream import open_stream
+        return open_stream(method, data_cfg, cache_dir, size)
     if kind in ("pairs", "images"):
         data = load_pickapic(path, keep_ties=data_cfg.keep_ties, size=size)
         return data, {"path": str(path), "pairs": len(data), "ties_kept": int(data.ties.sum())}

@@ -40,11 +40,16 @@ NOT_IDENTITY = {"train": ("checkpoint_every", "gradient_checkpointing")}
 # of the identity, so adding an option renames no finished job; any other value is part of it.
 ADDED_OPTIONS = [(("train", "ref_draws"), 0), (("train", "ref_draw_seed"), 0), (("data", "generators"), ["base"]),
                  (("train", "mixed_precision"), "no"), (("train", "optimizer"), "adamw"), (("train", "scale_lr"), False)] + [
+    (("data", k), v) for k, v in (("split", "train"), ("num_workers", 0), ("shuffle_buffer", 1000),
+                                  ("random_crop", False), ("hflip", True), ("latent_cache", "none"),
+                                  ("on_corrupt", "error"))] + [
     (("world", *path), value) for path, value in W.ADDED_OPTIONS]
 
 
 def job_identity(cfg: dict) -> dict:
     ident = {k: cfg[k] for k in IDENTITY_KEYS}
+    if cfg.get("weights_fingerprint"):      # weights named by a path or hub id (bench.config.resolve)
+        ident["weights_fingerprint"] = cfg["weights_fingerprint"]
     for section, keys in NOT_IDENTITY.items():
         if isinstance(ident.get(section), dict):
             ident[section] = {k: v for k, v in ident[section].items() if k not in keys}

@@ -34,8 +34,8 @@ from safetensors.torch import load_file, save_file
 from bench import world as W
 # the config's schema and validation (importable without torch), re-exported for runner's users
 from bench.config import (JobConfig, LaunchConfig, PathsConfig, RootSchema, check_writable,  # noqa: F401
-                          compose_config, eval_prompts, first_job_overrides, precheck, register_configs,
-                          typed, validate)
+                          WEIGHTS_KEY, compose_config, eval_prompts, first_job_overrides, precheck,
+                          register_configs, resolve, typed, validate)
 from bench.data import world_preferences
 from bench.feedback import load_for_method
 from bench.evaluate import attribute_summary, attribute_table, get_scorer, score_images, scorer_record, spread
@@ -113,11 +113,7 @@ class Probe:
 
 
 def run_job(cfg: DictConfig, probe: Probe | None = None) -> Path:
-    job = validate(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
-    for k in ("world", "data", "train", "eval"):
-        plain[k] = dataclasses.asdict(getattr(job, k))
+    job, plain = resolve(cfg)
     out = job_dir(Path(job.paths.results), plain)
     if is_complete(out):
         log.info("skip: %s is complete", out)
@@ -141,6 +137,8 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     precision = Precision(job.train.mixed_precision, device)
     place(backbone, device, precision)
     weights_id = _key(dataclasses.asdict(job.backbone))
+    if plain.get(WEIGHTS_KEY):                  # the files behind a path or hub id, as they are now
+        weights_id = _key(weights_id, plain[WEIGHTS_KEY])
     if job.train.mixed_precision != "no":       # samples under autocast differ from float32 ones
         weights_id = _key(weights_id, job.train.mixed_precision)
     times["load"] = time.time() - t0
@@ -286,7 +284,8 @@ def train_distributed(job: JobConfig, plain: dict, backbone, data_path: Path, ck
     from bench.train import setup_policy
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     spec = ckpt_dir / "worker.yaml"
-    OmegaConf.save(OmegaConf.create({"job": plain, "data_path": str(data_path), "ckpt_dir": str(ckpt_dir),
+    job_cfg = {k: v for k, v in plain.items() if k != WEIGHTS_KEY}      # the workers validate it again
+    OmegaConf.save(OmegaConf.create({"job": job_cfg, "data_path": str(data_path), "ckpt_dir": str(ckpt_dir),
                                      "world": job.data.source == "world"}), spec)
     result = ckpt_dir / WORKER_RESULT
     result.unlink(missing_ok=True)

@@ -37,6 +37,7 @@ from bench.checkpoint import RESUME_DIR, fingerprint, load_state, restore, save_
 # the schema lives in bench.config (importable without torch); imported here for bench.train's users
 from bench.config import ERROR_WEIGHTINGS, MethodConfig, TrainConfig, check_config  # noqa: F401
 from bench.registry import BenchError
+from bench.stream import rank_seed
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,12 @@ class Batch:
     weights: torch.Tensor | None = None    # per pair / image loss weight (PairData.weights)
     extra: dict = field(default_factory=dict)   # per pair / image tensors (data.extra)
     groups: torch.Tensor | None = None          # index of each pair / image in the training data
+    # a streamed batch (bench/stream.py): cached latents (`.get()`: scaled latents; None: encode
+    # `images`), per-image conditioning (None: look the captions up in the trainer's encodings),
+    # and `local`: the batch is this rank's own (draws for it alone, no slicing of a global batch)
+    latents: object = None
+    cond: dict | None = None
+    local: bool = False
 
 
 def _rows(d: dict | None, i: torch.Tensor) -> dict:
@@ -356,8 +363,9 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     precision = Precision(cfg.mixed_precision, device)
     place(backbone, device, precision)
     data = method.prepare(backbone, data, cfg, seed, progress)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    streamed = getattr(data, "streamed", False)     # bench/stream.py: each rank draws for its own pairs
+    gen = torch.Generator().manual_seed(seed if not streamed else rank_seed(seed, rank))
+    torch.manual_seed(seed if not streamed else rank_seed(seed, rank))
     unet = backbone.unet if unet is None else unet.to(device=device, dtype=torch.float32)
     unet, reference = setup_policy(unet, cfg, refresh=method.reference_refresh(),
                                    with_reference=method.needs_reference)
@@ -394,7 +402,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     if cfg.ref_draws > 0 and reference is not None:
         draws = _reference_draws(backbone, method, data, reference, enc, caption_row, cfg, n_t,
                                  ref_cache_dir, progress and main_process, precision.autocast)
-    batches = _batches(method, data, cfg, gen)
+    batches = data.batches(method, backbone, cfg, rank, world) if streamed else _batches(method, data, cfg, gen)
     history, window, start, wall0 = [], [], 0, 0.0
     state_dir = Path(ckpt_dir) / RESUME_DIR if ckpt_dir is not None and cfg.checkpoint_every > 0 else None
     fp = fingerprint({k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}, seed,
@@ -565,15 +573,17 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
         drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
         if b.paired:
             drop = drop + drop                # a pair keeps or drops its caption together
-    rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
-    cond = method.condition({k: v[rows.to(v.device)] for k, v in enc.items()}, b)
-    latents = backbone.encode_images(b.images.float() / 255.0)
+    cond = method.condition(_conditioning(b, caps, drop, enc, caption_row), b)
+    latents = backbone.encode_images(b.images.float() / 255.0) if b.latents is None else b.latents.get()
     if draws is None:
         noise, t = draw_noise(latents, b.paired, n_t, gen)
-    noise, t = noise.to(latents.device), t.to(latents.device)     # drawn on the CPU generator
+    # random draws are made on the CPU (the trainer's generator, the stream's cache) and moved here
+    device = next(iter(enc.values())).device
+    latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+    cond = {k: v.to(device) for k, v in cond.items()}
     if cached_ref is not None:
-        cached_ref = cached_ref.to(latents.device)
-    if world > 1:
+        cached_ref = cached_ref.to(device)
+    if world > 1 and not b.local:
         b, mine = _shard(b, rank, world)
         cond = {k: v[mine] for k, v in cond.items()}
         latents, noise, t = latents[mine], noise[mine], t[mine]
@@ -589,6 +599,18 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
     if not torch.isfinite(loss):
         raise BenchError(f"loss became {loss.item()} at step {step}; lower train.lr or the method's beta")
     return loss, metrics
+
+
+def _conditioning(b: Batch, caps: list[str], drop: list[bool], enc: dict, caption_row: dict) -> dict:
+    """Each image's conditioning: its caption's row of `enc`, or the empty caption's where
+    dropped; a streamed batch brings its own rows (b.cond), the empty caption's still from `enc`."""
+    if b.cond is None:
+        rows = torch.tensor([caption_row["" if d else c] for c, d in zip(caps, drop)])
+        return {k: v[rows.to(v.device)] for k, v in enc.items()}
+    keep = torch.tensor([not d for d in drop])
+    empty = caption_row[""]
+    return {k: torch.where(keep.view(-1, *[1] * (v.dim() - 1)).to(enc[k].device), v.to(enc[k].device),
+                           enc[k][empty].to(v.dtype)) for k, v in b.cond.items()}
 
 
 def save_checkpoint(unet, path: Path, lora: bool) -> None:

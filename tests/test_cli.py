@@ -65,6 +65,13 @@ def make_files(tmp_path):
     (f / "drawbench.json").write_text('["a red cat", "two blue')
     (f / "parti.tsv").write_text("Text\tCategory\nno Prompt column here\tx\n")
     (f / "good_parti.tsv").write_text("Prompt\tCategory\tChallenge\tNote\na red cat\tAnimals\tBasic\t\n")
+    (f / "pick_columns" / "data").mkdir(parents=True)          # a Pick-a-Pic directory with a wrong shard
+    pd.DataFrame({"caption": ["x"], "label_0": [1.0]}).to_parquet(
+        f / "pick_columns" / "data" / "train-00000-of-00001-ab.parquet", index=False)
+    (f / "pick_good" / "data").mkdir(parents=True)
+    pickapic(f / "pick_good" / "data" / "train-00000-of-00001-ab.parquet", [(1.0, 0.0)])
+    (f / "hpd_noimages").mkdir()
+    (f / "hpd_noimages" / "train.json").write_text("[]")
     (tmp_path / "results" / "runs" / "tiny-sd15-dpo-0123456789ab").mkdir(parents=True)
     (tmp_path / "results" / "runs" / "tiny-sd15-dpo-0123456789ab" / "result.json").write_text("{}")
     (tmp_path / "cache" / "samples").mkdir(parents=True)
@@ -142,7 +149,30 @@ BAD_INPUTS = [
      "({hf}); run `hf download yuvalkirstain/PickScore_v1`"),
     # preference files
     (["run", "data.source=file"], "error: data.source=file needs data.path="),
-    (["run", "data.source=s3"], "error: unknown data.source 's3'; valid: world, file"),
+    (["run", "data.source=s3"], "error: unknown data.source 's3'; valid: world, file, pickapic_v2, hpdv2"),
+    # streamed sources (bench/stream.py): the directory, its shards and columns, the options
+    (["run", "data.source=pickapic_v2"], "error: data.source=pickapic_v2 needs data.path=<the dataset directory>"),
+    (["run", "data.source=pickapic_v2", "data.path={labels}"],
+     "error: data.path={labels} is not a directory; data.source=pickapic_v2 reads the dataset directory"),
+    (["run", "data.source=pickapic_v2", "data.path={empty}"],
+     "error: no 'train' shards under {empty} (expected data/train-*.parquet)"),
+    (["run", "data.source=pickapic_v2", "data.path={pick_good}", "data.split=validation"],
+     "error: no 'validation' shards under {pick_good}"),
+    (["run", "data.source=pickapic_v2", "data.path={pick_columns}"],
+     "error: {pick_columns}/data/train-00000-of-00001-ab.parquet: missing column(s) ['jpg_0', 'jpg_1', 'label_1']"),
+    (["run", "method=kto", "data.source=pickapic_v2", "data.path={pick_good}"],
+     "error: method kto trains on 'binary' feedback; data.source=pickapic_v2 gives pairs"),
+    (["run", "data.source=pickapic_v2", "data.path={pick_good}", "data.latent_cache=sample"],
+     "error: unknown data.latent_cache 'sample'; valid: none, dist, mode"),
+    (["run", "data.source=pickapic_v2", "data.path={pick_good}", "data.num_workers=-1"],
+     "error: data.num_workers must be >= 0"),
+    (["run", "data.source=pickapic_v2", "data.path={pick_good}", "train.ref_draws=2"],
+     "error: train.ref_draws needs the training data in memory"),
+    (["run", "data.source=hpdv2", "data.path={empty}"], "error: HPD v2 annotations not found: {empty}/train.json"),
+    (["run", "data.source=hpdv2", "data.path={hpd_noimages}"],
+     "error: HPD v2 images not found: {hpd_noimages}/train is not a directory"),
+    (["run", "data.source=hpdv2", "data.path={hpd_noimages}", "data.split=val"],
+     "error: unknown HPD v2 split 'val' (data.split); valid: train, test"),
     (["run", "data.source=file", "data.path={empty}/pairs.parquet"],
      "error: preference file not found: {empty}/pairs.parquet; set data.path"),
     (["run", "data.source=file", "data.path={truncated}"],

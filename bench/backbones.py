@@ -396,20 +396,10 @@ class TinySDXLConfig(TinyBackboneConfig):
 
 
 @dataclass
-class PaperDefaults:
-    """The papers' training setup on this backbone, recorded with sources (methods.md): what a
-    paper-scale run on a cluster sets; the embedded suite does not read these."""
-    beta: float = 5000.0                   # DiffusionDPO train.py --beta_dpo (SD1.5 and SDXL)
-    learning_rate: float = 2.048e-5        # DiffusionDPO launchers: 1e-8 --scale_lr x 2048 pairs
-    effective_batch_pairs: int = 2048      # 16 GPUs x 1 x accumulation 128 (DiffusionDPO README)
-    optimizer: str = "adamw"               # SD1.5: AdamW(0.9, 0.999, wd 1e-2); SDXL: Adafactor
-    mixed_precision: str = "fp16"          # DiffusionDPO launchers (--mixed_precision fp16)
-    max_train_steps: int = 2000            # DiffusionDPO launchers
-    empty_prompt_prob: float = 0.2         # DiffusionDPO train.py --proportion_empty_prompts
-
-
-@dataclass
 class RealBackboneConfig:
+    """A real backbone. The papers' training recipes on it are presets (sweeps/preset/, e.g.
+    `+preset=diffusion_dpo_sd15`); selecting a real backbone turns the trainer's EMA off, as the
+    papers train without one (bench.config.register_configs)."""
     name: str = "sd15"
     model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     path: str | None = None                # a local dir saved with save_pretrained (HF layout)
@@ -417,7 +407,6 @@ class RealBackboneConfig:
     resolution: int = 512                  # SD1.5 model card: trained at 512x512
     guidance_scale: float = 7.5            # Diffusion-DPO quick_samples.ipynb, SD1.5
     num_inference_steps: int = 50          # diffusers' pipeline default, used by quick_samples.ipynb
-    paper: PaperDefaults = field(default_factory=PaperDefaults)
 
 
 @dataclass
@@ -448,7 +437,6 @@ class SDXLConfig(RealBackboneConfig):
     vae_path: str | None = "madebyollin/sdxl-vae-fp16-fix"
     resolution: int = 1024                 # SDXL base 1.0; DiffusionDPO SDXL trains at 1024
     guidance_scale: float = 5.0            # Diffusion-DPO quick_samples.ipynb, SDXL
-    paper: PaperDefaults = field(default_factory=lambda: PaperDefaults(optimizer="adafactor"))  # SDXL: Adafactor forced
 
 
 def _hash(obj) -> str:

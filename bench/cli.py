@@ -40,7 +40,7 @@ def _fail(msg: str) -> None:
 
 
 def group_options(group: str) -> list[str]:
-    if group in ("suite", "study"):
+    if group in ("suite", "study", "preset"):
         return sorted(p.stem for p in (SWEEPS / group).glob("*.yaml"))
     import bench.backbones  # noqa: F401
     import methods  # noqa: F401
@@ -51,7 +51,7 @@ def check_overrides(args: list[str]) -> None:
     """Unknown config-group choices get one line naming the valid ones (before Hydra sees them)."""
     for a in args:
         key, sep, value = a.lstrip("+~").partition("=")
-        if not sep or key not in ("backbone", "method", "suite", "study") or "(" in value:
+        if not sep or key not in ("backbone", "method", "suite", "study", "preset") or "(" in value:
             continue
         if key == "study" and value.endswith((".yaml", ".yml")):     # a study spec given by path
             continue
@@ -101,8 +101,8 @@ def cmd_list() -> None:
         for name, fn in table.items():
             doc = (fn.__doc__ or "").strip().splitlines()
             print(f"  {name:14s} {doc[0] if doc else ''}".rstrip())
-    for group in ("suite", "study"):
-        print(f"{'studies' if group == 'study' else 'suites'}:")
+    for group in ("suite", "study", "preset"):
+        print(f"{ {'study': 'studies', 'suite': 'suites', 'preset': 'presets (+preset=NAME)'}[group]}:")
         for name in group_options(group):
             lines = (SWEEPS / group / f"{name}.yaml").read_text().splitlines()
             first = next((ln.lstrip("# ") for ln in lines if ln.startswith("#") and "@package" not in ln), "")

@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from bench.data import DataConfig, generator_pool
 from bench.devices import PRECISIONS
 from bench.evaluate import EvalConfig, check_scorers, eval_set
 from bench.registry import BACKBONES, METHODS, BenchError, MethodConfig  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
@@ -158,6 +161,9 @@ class RootSchema:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # the paper recipe applied with +preset=NAME (sweeps/preset/NAME.yaml sets it); not part of
+    # the job identity: the values it sets are
+    preset: str | None = None
 
 
 def register_configs() -> None:
@@ -170,7 +176,14 @@ def register_configs() -> None:
     for name in METHODS.names():
         cs.store(group="method", name=name, node=METHODS.config(name)(name=name))
     for name in BACKBONES.names():
-        cs.store(group="backbone", name=name, node=BACKBONES.config(name)(name=name))
+        node = BACKBONES.config(name)(name=name)
+        if hasattr(node, "model_id"):
+            # a real backbone also turns the trainer's EMA off (the papers' scripts keep none);
+            # train.ema_decay=<d> on the command line still sets one
+            cs.store(group="backbone", name=name, package="_global_",
+                     node={"backbone": node, "train": {"ema_decay": None}})
+        else:
+            cs.store(group="backbone", name=name, node=node)
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False):
@@ -280,6 +293,7 @@ class JobConfig:
     paths: PathsConfig
     progress: bool = True
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    preset: str | None = None
 
 
 def _check_keys(node, cls, where: str) -> None:
@@ -323,7 +337,7 @@ def validate(cfg: DictConfig) -> JobConfig:
         world=typed(cfg.world, W.WorldConfig, "world"), data=typed(cfg.data, DataConfig, "data"),
         train=typed(cfg.train, TrainConfig, "train"), eval=typed(cfg.eval, EvalConfig, "eval"),
         paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)),
-        launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"))
+        launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"), preset=cfg.get("preset"))
     if job.launch.num_processes < 1:
         raise BenchError(f"launch.num_processes must be >= 1, got {job.launch.num_processes}")
     check_config(job.train)          # steps, batch, lr, ... before any sampling or data generation
@@ -347,6 +361,10 @@ def validate(cfg: DictConfig) -> JobConfig:
     if job.data.source == "file":
         check_preference_source(Path(job.data.path))
     check_backbone_paths(job.backbone)
+    if hasattr(job.backbone, "model_id") and job.preset is None and job.train.steps == TrainConfig.steps:
+        log.warning("backbone %s trains with the embedded world's trainer defaults (train.lr=%g, %d steps x %d); "
+                    "+preset=NAME applies a paper's recipe (python -m bench list)", job.backbone.name,
+                    job.train.lr, job.train.steps, job.train.batch_size)
     for key, where in (("paths.results", job.paths.results), ("paths.cache", job.paths.cache)):
         check_writable(Path(where), key)
     prompts = eval_prompts(job)      # empty eval set -> BenchError

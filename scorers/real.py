@@ -216,7 +216,8 @@ def tensor_preprocess(images: torch.Tensor, size: int, mean, std, antialias: boo
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from bench.devices import job_device     # the device accelerate picks for this process
+        return job_device()
     return torch.device(name)
 
 

@@ -94,7 +94,11 @@ BAD_INPUTS = [
     # unknown names (checked before Hydra composes anything)
     (["run", "method=dpoo"], M),
     (["run", "backbone=sd16"], "error: unknown backbone 'sd16'; valid: sd15, sd21, sd21-base, sdxl, tiny-sd15, tiny-sd21, tiny-sdxl"),
-    (["run", "+suite=nope"], "error: unknown suite 'nope'; valid: full, seeds, smoke"),
+    (["run", "+suite=nope"], "error: unknown suite 'nope'; valid: full, real, seeds, smoke"),
+    (["run", "+preset=nope"], "error: unknown preset 'nope'; valid: diffusers_dpo_lora_sd15, diffusion_dpo_sd15, "
+                              "diffusion_dpo_sdxl, diffusion_kto_sd15"),
+    (["run", "train.mixed_precision=fp8"], "error: unknown train.mixed_precision 'fp8'; valid: no, fp16, bf16"),
+    (["run", "train.optimizer=sgd"], "error: unknown train.optimizer 'sgd'; valid: adamw, adamw8bit, adafactor"),
     (["run", "method=sft,dpoo"], M),
     (["tune", "+study=nope"], "error: unknown study 'nope'; valid: balanced_dpo_beta_refresh, dpo_beta, kto_beta"),
     (["frobnicate"], "error: unknown command 'frobnicate'; valid: run, pretrain, list, leaderboard"),

@@ -574,20 +574,23 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
         if b.paired:
             drop = drop + drop                # a pair keeps or drops its caption together
     cond = method.condition(_conditioning(b, caps, drop, enc, caption_row), b)
+    mine = None
+    if world > 1 and not b.local:        # this rank encodes and computes its own rows only
+        b, mine = _shard(b, rank, world)
     latents = backbone.encode_images(b.images.float() / 255.0) if b.latents is None else b.latents.get()
-    if draws is None:
-        noise, t = draw_noise(latents, b.paired, n_t, gen)
+    if draws is None:                    # drawn for the whole global batch, as one process draws them
+        shape = (len(caps),) + tuple(latents.shape[1:])
+        noise, t = draw_noise(torch.empty(shape, device="meta"), b.paired, n_t, gen)
+    if mine is not None:
+        cond = {k: v[mine.to(v.device)] for k, v in cond.items()}
+        noise, t = noise[mine], t[mine]
+        cached_ref = None if cached_ref is None else cached_ref[mine]
     # random draws are made on the CPU (the trainer's generator, the stream's cache) and moved here
     device = next(iter(enc.values())).device
     latents, noise, t = latents.to(device), noise.to(device), t.to(device)
     cond = {k: v.to(device) for k, v in cond.items()}
     if cached_ref is not None:
         cached_ref = cached_ref.to(device)
-    if world > 1 and not b.local:
-        b, mine = _shard(b, rank, world)
-        cond = {k: v[mine] for k, v in cond.items()}
-        latents, noise, t = latents[mine], noise[mine], t[mine]
-        cached_ref = None if cached_ref is None else cached_ref[mine]
     w = error_weights(backbone, t, cfg)
     err = per_sample_error(backbone, unet if model is None else model, latents, noise, t, cond, w)
     ctx = StepContext(backbone, unet, reference, latents, noise, t, cond, step, w)

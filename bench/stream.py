@@ -476,7 +476,7 @@ class PairStream:
     def batches(self, method, backbone, cfg, rank: int = 0, world: int = 1):
         """Endless micro-batches of this rank's own pairs (train.batch_size / world of them),
         shaped for the method's feedback (pairs: [winners; losers]; images: the winners)."""
-        from bench.train import Batch
+        from bench.method import Batch
         if method.feedback not in STREAM_FEEDBACK:
             raise BenchError(f"{type(method).__name__} trains on {method.feedback!r} feedback; a streamed source "
                              f"gives pairs (methods with feedback {', '.join(STREAM_FEEDBACK)})")

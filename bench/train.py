@@ -37,82 +37,11 @@ from bench.checkpoint import RESUME_DIR, fingerprint, load_state, restore, save_
 # the schema lives in bench.config (importable without torch); imported here for bench.train's users
 from bench.config import ERROR_WEIGHTINGS, MethodConfig, TrainConfig, check_config  # noqa: F401
 from bench.registry import BenchError
+# the method contract (bench/method.py), imported here for bench.train's users
+from bench.method import Batch, Method, RefreshSpec  # noqa: F401
 from bench.stream import rank_seed
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RefreshSpec:
-    """How a reference is refreshed from the policy: after every `every`-th optimizer step
-    (0: never, a frozen reference), by `copy` or by `ema` (ref <- d*ref + (1-d)*policy).
-    `ema_warmup`: diffusers EMAModel's schedule d_n = min(ema_decay, (1+n)/(10+n)) with n the
-    number of earlier EMA updates, so the first update is a copy (diffusion-kto builds its
-    `--reference_ema` reference as an EMAModel, train_kto_sd_v1.5.py @226bbd0)."""
-    every: int = 0
-    kind: str = "copy"
-    ema_decay: float = 0.999
-    ema_warmup: bool = False
-
-
-class Method:
-    """Base class of alignment methods (methods/<name>.py registers subclasses by name)."""
-    feedback: str = "pairs"            # none | images | pairs | binary | votes | attributes
-    needs_reference: bool = False
-    Config = MethodConfig
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    def loss(self, err: torch.Tensor, ref_err: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        """err: per-sample policy errors; for pairs (2B,), winners first. Returns (loss, metrics)."""
-        raise NotImplementedError
-
-    # ---- hooks for methods that need more than per-sample errors (defaults: not needed)
-
-    def prepare(self, backbone, data, cfg: "TrainConfig", seed: int, progress: bool = True):
-        """Turn the loaded feedback into training data (PairData or ImageData); may train an
-        auxiliary model. Called once by `train` before the policy is set up."""
-        return data
-
-    def reference_refresh(self) -> RefreshSpec | None:
-        """Refresh of the reference model; read from the method config's `ref_refresh_every`,
-        `ref_refresh`, `ref_ema_decay`, `ref_ema_warmup` when it has them."""
-        every = int(getattr(self.cfg, "ref_refresh_every", 0) or 0)
-        if every <= 0:
-            return None
-        return RefreshSpec(every, getattr(self.cfg, "ref_refresh", "copy"),
-                           float(getattr(self.cfg, "ref_ema_decay", 0.999)),
-                           bool(getattr(self.cfg, "ref_ema_warmup", False)))
-
-    def extra_parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable tensors besides the UNet's (e.g. conditioning tokens)."""
-        return []
-
-    def condition(self, cond: dict, batch: "Batch") -> dict:
-        """The conditioning the policy (and reference) are evaluated under; default: captions."""
-        return cond
-
-    def batch_loss(self, err: torch.Tensor, ref_err: torch.Tensor | None, batch: "Batch",
-                   ctx: "StepContext") -> tuple[torch.Tensor, dict]:
-        return self.loss(err, ref_err)
-
-
-@dataclass
-class Batch:
-    images: torch.Tensor               # uint8 (N, 3, H, W); pairs: [winners; losers]
-    captions: list[str]
-    paired: bool
-    labels: torch.Tensor | None = None     # per image (ImageData.labels), e.g. KTO desirable
-    weights: torch.Tensor | None = None    # per pair / image loss weight (PairData.weights)
-    extra: dict = field(default_factory=dict)   # per pair / image tensors (data.extra)
-    groups: torch.Tensor | None = None          # index of each pair / image in the training data
-    # a streamed batch (bench/stream.py): cached latents (`.get()`: scaled latents; None: encode
-    # `images`), per-image conditioning (None: look the captions up in the trainer's encodings),
-    # and `local`: the batch is this rank's own (draws for it alone, no slicing of a global batch)
-    latents: object = None
-    cond: dict | None = None
-    local: bool = False
 
 
 def _rows(d: dict | None, i: torch.Tensor) -> dict:

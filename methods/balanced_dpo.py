@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from bench.data import PairData
 from bench.feedback import VoteData
 from bench.registry import METHODS, BenchError
-from bench.train import Method
+from bench.method import Method
 from methods.config import BalancedDPOConfig
 
 AGGREGATIONS = ("majority", "random_scorer", "vanilla_sum", "normalized_sum")

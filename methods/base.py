@@ -1,6 +1,6 @@
 """The untrained base model: the reference row every method is compared against."""
 from bench.registry import METHODS
-from bench.train import Method
+from bench.method import Method
 
 
 @METHODS.register("base")

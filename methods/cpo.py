@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from bench.data import PairData
 from bench.feedback import AttributeData, ImageData, pairs_from_images
 from bench.registry import METHODS, BenchError
-from bench.train import Method, train
+from bench.method import Method
+from bench.train import train
 from methods.config import CPOConfig
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ trainer does both). At initialisation policy == reference, so the loss is log 2.
 import torch.nn.functional as F
 
 from bench.registry import METHODS
-from bench.train import Method
+from bench.method import Method
 from methods.config import DPOConfig
 
 

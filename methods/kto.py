@@ -21,7 +21,7 @@ import torch
 
 from bench.feedback import ImageData, kto_sampling_weights
 from bench.registry import METHODS, BenchError
-from bench.train import Method
+from bench.method import Method
 from methods.config import KTOConfig
 
 REFERENCE_POINTS = ("batch_mean", "sigmoid", "rolled_prompts")

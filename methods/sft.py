@@ -1,6 +1,6 @@
 """Supervised fine-tuning on preferred images (the Diffusion-DPO paper's SFT baseline)."""
 from bench.registry import METHODS
-from bench.train import Method
+from bench.method import Method
 
 
 @METHODS.register("sft")

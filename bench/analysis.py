@@ -933,12 +933,12 @@ def spec_job_dirs(fixed: list[str], sweep: dict[str, list[str]], extra: list[str
 
 
 def run_paper(name_or_path: str, extra: list[str] | None = None, out: Path | None = None,
-              dry_run: bool = False) -> Path | None:
-    """Run the spec's missing jobs through `python -m bench run`, then regenerate its output.
+              dry_run: bool = False, run=None) -> Path | None:
+    """Run the spec's missing jobs with `run` (the CLI passes its own `main`: the jobs run as
+    `python -m bench run <args>`), then regenerate its output.
     dry_run: only list the spec's jobs and which are missing (stderr), run and write nothing."""
     import sys
     import time
-    from bench.cli import main as cli_main
     from bench.results import is_complete
     t0 = time.time()
     spec = load_spec(name_or_path)
@@ -958,7 +958,9 @@ def run_paper(name_or_path: str, extra: list[str] | None = None, out: Path | Non
         args = ["run"] + fixed + [f"{k}={','.join(v)}" for k, v in sweep.items()] + extra
         if "suite" not in spec.jobs and "--multirun" not in args:
             args.insert(1, "--multirun")
-        cli_main(args)
+        if run is None:
+            raise BenchError(f"paper {spec.name}: {len(missing)} job(s) missing and nothing to run them with")
+        run(args)
         still = [d for d in dirs if not is_complete(d)]
         if still:
             raise BenchError(f"paper {spec.name}: {len(still)} job(s) still missing after the run, e.g. {still[0]}")

@@ -143,7 +143,7 @@ def cmd_paper(rest: list[str]) -> None:
         raise BenchError(f"paper: unrecognised argument {bad[0]!r}; pass Hydra overrides as key=value")
     check_overrides(overrides)
     from bench.analysis import run_paper
-    out = run_paper(a.spec, overrides, Path(a.out) if a.out else None, dry_run=a.dry_run)
+    out = run_paper(a.spec, overrides, Path(a.out) if a.out else None, dry_run=a.dry_run, run=main)
     if out:
         print(out)
 

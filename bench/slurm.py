@@ -33,7 +33,7 @@ def render(overrides: list[str]) -> str:
     from omegaconf import OmegaConf
     from submitit.slurm.slurm import SlurmExecutor
 
-    from bench.runner import register_configs
+    from bench.config import register_configs
     register_configs()
     setup_globals()                                  # the ${now:...} resolver of sweep dirs
     parser = OverridesParser.create()

@@ -129,7 +129,7 @@ def suggest(trial, path: str, d: dict):
 
 def _compose(overrides: list[str]):
     from hydra.errors import HydraException
-    from bench.runner import compose_config
+    from bench.config import compose_config
     try:
         return compose_config(overrides)
     except HydraException as e:
@@ -144,7 +144,7 @@ def check(spec: StudySpec, base: list[str]) -> None:
     """Refuse what would make the study wrong before any trial runs: the eval split, unknown
     param paths, values the job schema rejects."""
     from omegaconf import OmegaConf
-    from bench.runner import validate
+    from bench.config import validate
     cfg = _compose(base)
     if cfg.eval.prompt_set == "world" and cfg.eval.split != "val":
         raise BenchError(f"tune optimises on the validation prompts; eval.split={cfg.eval.split} is not allowed "

@@ -77,18 +77,12 @@ def test_a_chunk_whose_maker_died_is_made_here(tmp_path):
 def test_a_job_another_process_is_computing_is_waited_for_then_skipped(tmp_path, tiny_pipe_dir):
     from bench.results import job_dir
     from bench.runner import compose_config, run_job
-    from omegaconf import OmegaConf
     overrides = [f"backbone.weights={tiny_pipe_dir}", "method=base", f"paths.results={tmp_path / 'r'}",
                  f"paths.cache={tmp_path / 'c'}", "eval.max_prompts=2", "eval.seeds_per_prompt=1", "progress=false"]
     cfg = compose_config(overrides)
     # the directory run_job will use (its identity); the other process finishes the job there
-    import dataclasses
-    from bench.runner import validate
-    job = validate(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["backbone"], plain["method"] = dataclasses.asdict(job.backbone), dataclasses.asdict(job.method)
-    for k in ("world", "data", "train", "eval"):
-        plain[k] = dataclasses.asdict(getattr(job, k))
+    from bench.config import resolve
+    job, plain = resolve(cfg)
     out = job_dir(tmp_path / "r", plain)
     code = (f"from pathlib import Path; d = Path({str(out)!r}); d.mkdir(parents=True); "
             "(d / 'result.json').write_text('{}'); (d / 'scores.parquet').write_text('x')")
@@ -97,7 +91,8 @@ def test_a_job_another_process_is_computing_is_waited_for_then_skipped(tmp_path,
     assert run_job(cfg) == out
     other.wait()
     assert time.time() - t > 0.5                       # it waited for the lock ...
-    assert not (tmp_path / "c").exists()               # ... and computed nothing: no cache entry made
+    # ... and computed nothing: no cache entry, only the weights' memoised digests (bench/fingerprint.py)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["fingerprints.json"]
     assert (out / "result.json").read_text() == "{}"
 
 

@@ -151,7 +151,7 @@ def make_optimizer(name: str, params, lr: float = 1e-8):
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise Skip("adamw8bit needs bitsandbytes (pip install 'diffpref-bench[perf]'); not installed here") from None
+            raise Skip("adamw8bit needs bitsandbytes (pip install 'diffpref-bench[bitsandbytes]'); not installed here") from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
     if name == "adafactor":
         from transformers.optimization import Adafactor
@@ -188,7 +188,9 @@ class DPOStep:
         self.policy = build_unet(spec, self.device).train()
         if grad_checkpointing:
             self.policy.enable_gradient_checkpointing()
-        self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval().to(DTYPES[ref_dtype])
+        self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        if ref_dtype != "fp32":
+            self.reference.to(DTYPES[ref_dtype])
         if grad_checkpointing:
             self.reference.disable_gradient_checkpointing()
         self.ref_dtype = DTYPES[ref_dtype]
@@ -320,7 +322,8 @@ class PeakMemory:
         self.device = torch.device(device)
         self.peak = self.start = 0
         self.method = ("torch.cuda.max_memory_allocated (all tensors, weights included)" if self.device.type == "cuda"
-                       else "peak RSS (sampled every 5 ms) minus RSS at the start of the part")
+                       else "peak RSS (sampled every 5 ms) minus RSS at the start of the part (the part builds its "
+                            "models, so their weights are included)")
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -379,10 +382,10 @@ def bench_train(spec: ModelSpec, device, args) -> dict:
                        optimizer=args.optimizer, grad_checkpointing=args.grad_checkpointing,
                        ref_dtype=args.ref_dtype, ema=args.ema)
         times = timed(step, device, args.steps, args.warmup)
-    flops = count_flops(step)                             # one more step, untimed
+    flops = count_flops(step) if args.flops else None     # one more step, untimed
     sec = statistics.median(times)
     out = {"steps_per_s": 1 / sec, "s_per_step": sec, "step_times_s": times, "flops_per_step": flops,
-           "tflops_per_s": flops / sec / 1e12, "peak_memory_bytes": mem.reported, "peak_memory_method": mem.method,
+           "tflops_per_s": flops / sec / 1e12 if flops else None, "peak_memory_bytes": mem.reported, "peak_memory_method": mem.method,
            "params": n_params(step.policy), "last_loss": step.last_loss}
     del step
     return out
@@ -397,12 +400,12 @@ def bench_sample(spec: ModelSpec, device, args) -> dict:
     # FLOPs of one guided UNet call, times the steps (FlopCounterMode over the whole batch is the same
     # count, N times slower on a CPU)
     s.steps, n = 1, args.sample_steps
-    flops = count_flops(s) * n
+    flops = count_flops(s) * n if args.flops else None
     s.steps = n
     sec = statistics.median(times)
     return {"images_per_s": args.pairs / sec, "s_per_batch": sec, "batch_times_s": times, "images": args.pairs,
             "denoising_steps": n, "unet_forwards_per_step": 2 * args.pairs, "flops_per_batch": flops,
-            "tflops_per_s": flops / sec / 1e12, "peak_memory_bytes": mem.reported, "peak_memory_method": mem.method,
+            "tflops_per_s": flops / sec / 1e12 if flops else None, "peak_memory_bytes": mem.reported, "peak_memory_method": mem.method,
             "note": "UNet only: no text encoding, no VAE decode"}
 
 
@@ -489,29 +492,54 @@ def estimate_components(shapes: list[tuple], frozen_params: int, savers: Savers,
 
 def saved_activation_bytes(unet, x, t, cond, precision="fp32", checkpointing=False) -> int:
     """Bytes of the distinct tensors autograd keeps for the backward of one training forward, parameters
-    excluded (counted by storage, so views and repeated saves of one tensor count once). Under gradient
-    checkpointing torch's non-reentrant checkpoint keeps its own hooks inside each block, so what is
-    counted here is what lives outside the blocks plus the blocks' inputs it holds; the recomputation
-    of one block during backward comes on top (measured separately as the largest block)."""
-    params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
-    seen: dict[int, int] = {}
+    excluded (counted by storage, so views and repeated saves of one tensor count once). These are
+    the activations a training step holds at the start of its backward, the peak of the step's
+    activation memory.
 
-    def pack(tensor):
-        st = tensor.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen[ptr] = st.nbytes()
-        return tensor
+    With gradient checkpointing (diffusers checkpoints each resnet and transformer block with
+    torch.utils.checkpoint, non-reentrant) the count is the sum of
+      - what autograd keeps outside the checkpointed blocks (the hook sees only those tensors:
+        inside a block torch's own checkpoint hooks take over),
+      - the blocks' inputs, which each checkpoint holds to recompute its block, and
+      - the largest block's own saved tensors, live while that block is recomputed in the backward
+        (measured by running each block once more, uncheckpointed, under the same counting hook)."""
+    params = {p.untyped_storage().data_ptr() for p in unet.parameters()}
+
+    def counter(seen):
+        def pack(tensor):
+            st = tensor.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in params and ptr not in seen:
+                seen[ptr] = st.nbytes()
+            return tensor
+        return pack
+
+    seen: dict[int, int] = {}
+    held: dict[int, int] = {}
+    largest = [0]
+
+    def ckpt(module, *args):
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() not in params:
+                held[a.untyped_storage().data_ptr()] = a.untyped_storage().nbytes()
+        inner: dict[int, int] = {}
+        with torch.autograd.graph.saved_tensors_hooks(counter(inner), lambda t: t):
+            module(*args)                                  # measurement only: the block once more
+        largest[0] = max(largest[0], sum(inner.values()))
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
 
     unet.train()
     if checkpointing:
-        unet.enable_gradient_checkpointing()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device, precision):
-        out = unet(x, t, **cond).sample
-    if checkpointing:
-        unet.disable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(counter(seen), lambda t: t), _autocast(x.device, precision):
+            out = unet(x, t, **cond).sample
+    finally:
+        if checkpointing:
+            unet.disable_gradient_checkpointing()
     del out
-    return sum(seen.values())
+    extra = sum(v for k, v in held.items() if k not in seen) + largest[0]
+    return sum(seen.values()) + extra
 
 
 def measure_activations(spec: ModelSpec, latents: list[int], images: int = 2) -> dict:
@@ -563,6 +591,14 @@ def _gb(b) -> str:
     return f"{b / 1e9:.2f}"
 
 
+def _g(f) -> str:
+    return "-" if f is None else f"{f / 1e9:.1f}"
+
+
+def _t(f) -> str:
+    return "-" if f is None else f"{f:.4f}"
+
+
 def print_estimate(res: dict) -> None:
     print(f"{res['model']}: UNet {res['unet_params']:,} parameters; frozen {res['frozen_params']}; "
           f"latent {res['latent']}x{res['latent']}, {res['pairs']} pair(s); GB = 1e9 bytes")
@@ -604,12 +640,12 @@ def print_run(res: dict) -> None:
     print("|---|---|---|---|---|---|")
     if "train" in res and "skipped" not in res["train"]:
         r = res["train"]
-        print(f"| DPO step | {r['steps_per_s']:.4f} steps/s | {r['s_per_step']:.2f} | {r['flops_per_step'] / 1e9:.1f} | "
-              f"{r['tflops_per_s']:.4f} | {_gb(r['peak_memory_bytes'])} |")
+        print(f"| DPO step | {r['steps_per_s']:.4f} steps/s | {r['s_per_step']:.2f} | {_g(r['flops_per_step'])} | "
+              f"{_t(r['tflops_per_s'])} | {_gb(r['peak_memory_bytes'])} |")
     if "sample" in res and "skipped" not in res["sample"]:
         r = res["sample"]
         print(f"| sampling ({r['denoising_steps']} steps, CFG) | {r['images_per_s']:.4f} images/s | {r['s_per_batch']:.2f} | "
-              f"{r['flops_per_batch'] / 1e9:.1f} | {r['tflops_per_s']:.4f} | {_gb(r['peak_memory_bytes'])} |")
+              f"{_g(r['flops_per_batch'])} | {_t(r['tflops_per_s'])} | {_gb(r['peak_memory_bytes'])} |")
     print(f"peak memory: {res.get('train', res.get('sample', {})).get('peak_memory_method', '')}")
 
 
@@ -632,6 +668,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true", help="memory estimate with each saver on; no benchmark")
     p.add_argument("--act-latents", default="16,24",
                    help="latent sides at which --estimate measures activations on the CPU ('' to skip)")
+    p.add_argument("--no-flops", dest="flops", action="store_false",
+                   help="skip the FLOP count (one more untimed step); the count is the same for every precision")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/measured/<date>-perf-<model>-...json)")
     return p

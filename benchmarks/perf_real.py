@@ -485,7 +485,9 @@ def estimate_components(shapes: list[tuple], frozen_params: int, savers: Savers,
     comp = {"policy_weights": 4 * p, "gradients": 4 * p,
             "optimizer_state": optimizer_state_bytes(savers.optimizer, shapes),
             "reference": half * p, "ema": 4 * p if savers.ema else 0,
-            "vae_and_text_encoders": half * frozen_params, "activations": int(activation_bytes)}
+            "vae_and_text_encoders": half * frozen_params,
+            # autocast's half copies of the fp32 policy weights, cached for the forward and saved for the backward
+            "autocast_weight_copies": 2 * p if savers.mixed else 0, "activations": int(activation_bytes)}
     comp["total"] = sum(comp.values())
     return comp
 
@@ -544,21 +546,31 @@ def saved_activation_bytes(unet, x, t, cond, precision="fp32", checkpointing=Fal
 
 def measure_activations(spec: ModelSpec, latents: list[int], images: int = 2) -> dict:
     """Activation bytes of one policy forward on `images` images at small latent sides, fp32 and
-    bf16-autocast, with and without gradient checkpointing; extrapolated to the model's latent by
-    a least-squares line in latent area through the measured sizes (attention runs through SDPA,
-    whose CPU and GPU kernels keep no L x L matrix for the backward, so the saved tensors grow in
-    proportion to the area)."""
+    bf16, with and without gradient checkpointing (saved_activation_bytes); extrapolated to the
+    model's latent by a least-squares line in latent area through the measured sizes (attention runs
+    through SDPA, whose CPU and GPU kernels keep no L x L matrix for the backward, so the saved
+    tensors grow in proportion to the area; the line's intercept is the part that does not grow,
+    e.g. the text conditioning's keys and values).
+    The bf16 modes run the model with bf16 weights and inputs (no autocast): autocast would hold
+    bf16 copies of the fp32 weights as well, which the estimate counts apart (autocast_weight_copies),
+    and on a CPU it would need fp32 and bf16 weights at once (15 GB for SDXL). Under autocast a few
+    ops (normalisations) run in fp32, so the bf16 figures are a slight underestimate."""
     torch.manual_seed(0)
     unet = build_unet(spec, "cpu")
-    out = {"latents": latents, "images": images, "target_latent": spec.latent, "measured": {}, "extrapolated": {}}
-    for mode in ("fp32", "bf16", "fp32+ckpt", "bf16+ckpt"):
+    out = {"latents": latents, "images": images, "target_latent": spec.latent, "measured": {}, "extrapolated": {},
+           "intercept": {}, "bytes_per_latent_pixel": {}}
+    for mode in ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt"):
         prec, ck = mode.split("+")[0], mode.endswith("ckpt")
+        dtype = DTYPES[prec]
+        if next(unet.parameters()).dtype != dtype:
+            unet.to(dtype)
         vals = []
         for lat in latents:
-            x = torch.randn(images, spec.unet["in_channels"], lat, lat)
+            g = torch.Generator().manual_seed(lat)
+            x = torch.randn(images, spec.unet["in_channels"], lat, lat, generator=g).to(dtype)
             t = torch.full((images,), 500)
-            cond = conditioning(spec, images, "cpu")
-            vals.append(saved_activation_bytes(unet, x, t, cond, prec, ck))
+            cond = _cast(conditioning(spec, images, "cpu", gen=g), dtype)
+            vals.append(saved_activation_bytes(unet, x, t, cond, "fp32", ck))
         areas = [lat * lat for lat in latents]
         if len(latents) > 1:
             ma, mv = statistics.mean(areas), statistics.mean(vals)
@@ -567,7 +579,11 @@ def measure_activations(spec: ModelSpec, latents: list[int], images: int = 2) ->
         else:
             slope, icpt = vals[0] / areas[0], 0.0
         out["measured"][mode] = vals
+        out["intercept"][mode] = icpt
+        out["bytes_per_latent_pixel"][mode] = slope
         out["extrapolated"][mode] = int(icpt + slope * spec.latent ** 2)
+        print(f"activations {mode}: measured {vals} at latents {latents} -> {out['extrapolated'][mode] / 1e9:.2f} GB "
+              f"at {spec.latent}", flush=True)
     return out
 
 
@@ -603,7 +619,7 @@ def print_estimate(res: dict) -> None:
     print(f"{res['model']}: UNet {res['unet_params']:,} parameters; frozen {res['frozen_params']}; "
           f"latent {res['latent']}x{res['latent']}, {res['pairs']} pair(s); GB = 1e9 bytes")
     cols = ["policy_weights", "gradients", "optimizer_state", "reference", "ema", "vae_and_text_encoders",
-            "activations", "total"]
+            "autocast_weight_copies", "activations", "total"]
     print("| savers | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for r in res["rows"]:

@@ -109,10 +109,12 @@ def test_estimator_bytes_are_exact_for_known_shapes():
     assert P.optimizer_state_bytes("adamw8bit", shapes) == 8 * (200 + 5 + 108) + 2 * 5000 + 2 * 4 * 20
     base = P.estimate_components(shapes, 1000, P.SAVER_STEPS[0], activation_bytes=77)
     assert base == {"policy_weights": 4 * p, "gradients": 4 * p, "optimizer_state": 8 * p, "reference": 4 * p,
-                    "ema": 4 * p, "vae_and_text_encoders": 4000, "activations": 77, "total": 24 * p + 4077}
+                    "ema": 4 * p, "vae_and_text_encoders": 4000, "autocast_weight_copies": 0, "activations": 77,
+                    "total": 24 * p + 4077}
     last = P.estimate_components(shapes, 1000, P.SAVER_STEPS[-1])
     assert last["reference"] == 2 * p and last["ema"] == 0 and last["vae_and_text_encoders"] == 2000
-    assert last["total"] == 8 * p + 4 * 5107 + 2 * p + 2000
+    assert last["autocast_weight_copies"] == 2 * p
+    assert last["total"] == 8 * p + 4 * 5107 + 2 * p + 2000 + 2 * p
 
 
 def test_sdxl_fp32_full_finetune_is_about_62_gb_before_activations():
@@ -120,7 +122,7 @@ def test_sdxl_fp32_full_finetune_is_about_62_gb_before_activations():
     # activations": policy + grads + 2 Adam moments + reference + EMA = 6 x 4 bytes x 2.567e9
     res = P.estimate("sdxl", None)
     r = res["rows"][0]
-    unet_only = r["total"] - r["vae_and_text_encoders"] - r["activations"]
+    unet_only = r["total"] - r["vae_and_text_encoders"] - r["activations"] - r["autocast_weight_copies"]
     assert unet_only == 24 * 2_567_463_684
     assert round(unet_only / 1e9) == 62
 
@@ -136,3 +138,13 @@ def test_saved_activations_grow_with_latent_area_and_shrink_under_checkpointing(
     half = P.saved_activation_bytes(unet, torch.randn(2, 4, 16, 16), t, cond, precision="bf16")
     assert 3.0 < big / small <= 4.2          # 4x the area; the conditioning's part does not grow
     assert ck < big / 2 and half < big
+
+
+def test_activation_line_goes_through_the_measured_sizes(tiny, monkeypatch):
+    # measured at 4x4 and 8x8 and read at the model's latent (8): the least-squares line through two
+    # points gives back the measurement at 8 exactly; bf16 keeps about half the bytes of fp32
+    res = P.measure_activations(tiny, [4, 8], images=2)
+    for mode in ("fp32", "bf16", "fp32+ckpt", "bf16+ckpt"):
+        assert res["extrapolated"][mode] == pytest.approx(res["measured"][mode][1], abs=2)
+    assert 0.4 < res["measured"]["bf16"][1] / res["measured"]["fp32"][1] < 0.6
+    assert res["measured"]["fp32+ckpt"][1] < res["measured"]["fp32"][1]

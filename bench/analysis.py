@@ -223,7 +223,8 @@ def variance_components(runs: list[Run], backbone: str, scorers: list[str]) -> d
     for n in scorers:
         cs = []
         for members in groups.values():
-            if len({m.seed for m in members}) < 2 or n not in members[0].result["scorers"]:
+            members = [m for m in members if n in m.result["scorers"]]     # scorer sets may differ
+            if len({m.seed for m in members}) < 2:
                 continue
             df, sc = pooled_scores(members), members[0].result["scorers"][n]
             o = st.outcomes(df[n], df[f"base_{n}"], sc["tie_tolerance"], sc["higher_is_better"])
@@ -329,7 +330,8 @@ def ablation_tables(lb: pd.DataFrame, runs: list[Run]) -> list[tuple[str, Table]
 
 
 def _vs_base_cell(runs: list[Run], name: str) -> Cell:
-    if name not in runs[0].result["scorers"]:
+    runs = [r for r in runs if name in r.result["scorers"]]
+    if not runs:
         return Cell(float("nan"))
     r = vs_base(runs, name)
     return Cell(r["win_rate"], r["ci_low"], r["ci_high"], seed_aware=r["n_seeds"] > 1, p=r["p"])
@@ -484,18 +486,28 @@ def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[P
     ylim = (max(0.0, min(lows + [0.5]) - 0.05), min(1.0, max(highs + [0.5]) + 0.05))
     for ax, bb in zip(axes[:, 0], backbones):
         g = d[d.backbone == bb]
+        # a run scored without some scorer has no bar there (runs may use different scorer sets)
         long = pd.DataFrame([{"scorer": n, "win_rate": r[f"{n}_win_rate"],
                               "method": r["label"] if r.get("n_seeds", 1) > 1 else f"{r['label']} (1 seed)",
                               "lo": r[f"{n}_ci_low"], "hi": r[f"{n}_ci_high"]}
-                             for _, r in g.iterrows() for n in scorers if f"{n}_win_rate" in r])
+                             for _, r in g.iterrows() for n in scorers
+                             if f"{n}_win_rate" in r and pd.notna(r[f"{n}_win_rate"])])
+        if long.empty:
+            continue
         hue_order = list(dict.fromkeys(long.method))
         sns.barplot(long, x="scorer", y="win_rate", hue="method", order=scorers, hue_order=hue_order,
                     errorbar=None, ax=ax)
         for container, m in zip(ax.containers, hue_order):
-            sub = long[long.method == m].set_index("scorer").reindex(scorers)
-            xs = [b.get_x() + b.get_width() / 2 for b in container]
-            ax.errorbar(xs, sub.win_rate, yerr=[sub.win_rate - sub.lo, sub.hi - sub.win_rate],
-                        fmt="none", ecolor="black", capsize=3, lw=1)
+            sub = long[long.method == m].set_index("scorer")
+            # each bar's scorer from its position on the categorical axis (bar i of a hue is not
+            # scorer i when that hue lacks a scorer)
+            pts = [(b.get_x() + b.get_width() / 2, scorers[int(round(b.get_x() + b.get_width() / 2))])
+                   for b in container]
+            pts = [(x, sub.loc[n]) for x, n in pts if n in sub.index]
+            if pts:
+                xs, ys = [x for x, _ in pts], np.array([float(v.win_rate) for _, v in pts])
+                lo, hi = np.array([float(v.lo) for _, v in pts]), np.array([float(v.hi) for _, v in pts])
+                ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="none", ecolor="black", capsize=3, lw=1)
         ax.axhline(0.5, ls="--", color="grey", lw=1)
         ax.set_ylim(*ylim)
         ax.set_title(f"{bb}: win rate vs base (95% CI, seed-aware over >= 2 seeds)", fontsize=10)

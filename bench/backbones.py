@@ -251,6 +251,10 @@ def load_pipeline_dir(path: Path, dtype=None, key: str = "backbone.path", vae=No
         raise BenchError(f"no pipeline at {path} (model_index.json missing); "
                          f"pass {key}=<dir saved with save_pretrained>")
     kwargs = {} if vae is None else {"vae": vae}
+    if "safety_checker" in json.loads(index.read_text()):
+        # the safety checker is off on every loading path (load_real's cache path too): it blacks
+        # out images it flags, which would enter the scores; it is neither loaded nor run
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     if vae is None and json.loads(index.read_text()).get("vae", [None, None])[1] == "SpaceToDepthAutoencoder":
         # parameter-free: nothing to load but its config
         kwargs["vae"] = SpaceToDepthAutoencoder.from_config(
@@ -490,7 +494,8 @@ def _missing(what: str, model_id: str, key: str) -> BenchError:
 
 def load_real(model_id: str, path: str | None, vae_path: str | None = None):
     """A real pipeline from a local dir (HF layout) or the HF cache, local files only; `vae_path`
-    (a dir or an HF id) replaces its VAE."""
+    (a dir or an HF id) replaces its VAE. The safety checker is off on both paths (not loaded,
+    `pipe.safety_checker is None`): it would black out the images it flags before scoring."""
     from diffusers import AutoencoderKL, DiffusionPipeline
     kwargs = {}
     if vae_path:

@@ -9,6 +9,8 @@ format of their real-world counterpart, and read by the same loader whichever wo
                               convention) and `score_0_<s>`, `score_1_<s>`             load_votes
     attributes  cpo           imagefolder: <root>/metadata.jsonl (file_name, caption,
                               attributes {name: 0/1}) + <root>/attribute_tree.json     load_attributes
+                              (real data: made from a Pick-a-Pic file and an attribute-
+                              annotation JSON, method.attributes_file)                 attributes_from_file
 
 Every kind is derived from the same annotated base-model samples as the pairs
 (bench.data.world_preferences), so the methods are compared on the same images:
@@ -300,22 +302,34 @@ def kto_sampling_weights(labels: torch.Tensor, positive_ratio: float) -> torch.T
 
 # ----------------------------------------------------------------------------- votes (BalancedDPO)
 
-def score_votes(pickapic_path: Path, out_path: Path, scorers: list[str], batch_size: int = 64) -> Path:
+def score_votes(pickapic_path: Path, out_path: Path, scorers: list[str], batch_size: int = 64,
+                scorer_options: dict | None = None) -> Path:
     """The Pick-a-Pic file plus, for each scorer, both images' scores (oriented higher-is-better)
-    and its vote in label_0 convention: 1 (image 0), 0 (image 1), 0.5 within its tie tolerance."""
+    and its vote in label_0 convention: 1 (image 0), 0 (image 1), 0.5 within its tie tolerance.
+    Each scorer is built with its `eval.scorer_options` entry (weights path, device, ...), as the
+    evaluation builds it. Images are scored at their own size: Pick-a-Pic mixes sizes (512, 768,
+    1024, non-square), so each batch is split into groups of equal size before stacking (no resize
+    here; each scorer's own preprocessing resizes as it does for any image)."""
     from bench.evaluate import get_scorer
     df = _read_pickapic(pickapic_path).copy()
     caps = [str(c) for c in df["caption"]]
+    opts = dict(scorer_options or {})
     for name in scorers:
-        sc = get_scorer(name)
+        sc = get_scorer(name, opts.get(name))
         sign = 1.0 if sc.higher_is_better else -1.0
         cols = []
         for side in (0, 1):
-            vals = []
+            vals = np.zeros(len(df))
             for i in range(0, len(df), batch_size):
-                x = torch.stack([decode_image(b) for b in df[f"jpg_{side}"].iloc[i:i + batch_size]])
-                vals.append(sc.score(x.float() / 255.0, caps[i:i + batch_size]).detach().float().cpu())
-            cols.append(sign * torch.cat(vals).numpy() if vals else np.zeros(0))
+                imgs = [decode_image(b) for b in df[f"jpg_{side}"].iloc[i:i + batch_size]]
+                groups: dict[tuple, list[int]] = {}
+                for j, im in enumerate(imgs):
+                    groups.setdefault(tuple(im.shape), []).append(j)
+                for idx in groups.values():
+                    x = torch.stack([imgs[j] for j in idx]).float() / 255.0
+                    out = sc.score(x, [caps[i + j] for j in idx]).detach().float().cpu().numpy()
+                    vals[[i + j for j in idx]] = out
+            cols.append(sign * vals)
         d = cols[0] - cols[1]
         df[f"score_0_{name}"], df[f"score_1_{name}"] = cols
         df[f"vote_{name}"] = np.where(np.abs(d) <= sc.tie_tolerance, 0.5, (d > 0).astype(float))
@@ -381,6 +395,66 @@ def annotate_attributes(pickapic_path: Path, root: Path, noise: float = 0.0, see
     return _write_dir_atomic(Path(root), write)
 
 
+def attributes_from_file(pickapic_path: Path, attr_file: Path, root: Path) -> Path:
+    """The attribute folder (metadata.jsonl + attribute_tree.json, read by load_attributes) of every
+    image of a Pick-a-Pic file, from an attribute-annotation file (CPO on real data):
+
+        {"tree":   {"<node>": {"positive": ["<attr>", ...], "negative": ["<attr>", ...]}, ...},
+         "images": {"<image uid>": {"positive": ["<attr>", ...], "negative": ["<attr>", ...]}, ...}}
+
+    The image uid is the file's image_0_uid / image_1_uid (Pick-a-Pic v2), or for a file without
+    those columns the first 16 hex digits of the sha256 of the image bytes (bench.feedback.with_uids).
+    An image's `positive` list names the positive attributes it has, `negative` the negative ones it
+    has (its defects); every attribute of the tree not listed is absent (0). Every image of the
+    file must be annotated; an attribute must be in the tree under the list's polarity."""
+    attr_file = Path(attr_file)
+    try:
+        spec = json.loads(attr_file.read_text())
+        tree, ann = spec["tree"], spec["images"]
+        if not isinstance(tree, dict) or not isinstance(ann, dict):
+            raise ValueError
+        polarity = {}
+        for node, groups in tree.items():
+            for pol in ("positive", "negative"):
+                for a in groups.get(pol, []):
+                    if a in polarity:
+                        raise ValueError
+                    polarity[a] = pol
+    except Exception as e:
+        raise BenchError(f"{attr_file}: not an attribute-annotation file ({type(e).__name__}); expected JSON "
+                         '{"tree": {node: {"positive": [...], "negative": [...]}}, "images": {uid: {"positive": '
+                         '[...], "negative": [...]}}} with each attribute named once in the tree') from None
+    if not polarity:
+        raise BenchError(f"{attr_file}: the tree names no attribute")
+    imgs = _images(with_uids(_read_pickapic(pickapic_path)))
+    missing = [u for u in imgs.uid if u not in ann]
+    if missing:
+        raise BenchError(f"{attr_file}: {len(missing)} of {len(imgs)} image(s) of {pickapic_path} have no annotation "
+                         f"(first: uid {missing[0]}); annotate every image or drop its pairs")
+    rows = []
+    for u in imgs.uid:
+        labels = dict.fromkeys(polarity, 0)
+        rec = ann[u]
+        for pol in ("positive", "negative"):
+            for a in rec.get(pol, []) if isinstance(rec, dict) else [None]:
+                if polarity.get(a) != pol:
+                    raise BenchError(f"{attr_file}: image {u} lists {a!r} as {pol}, but the tree "
+                                     f"{'has it as ' + polarity[a] if a in polarity else 'does not name it'}")
+                labels[a] = 1
+        rows.append(labels)
+
+    def write(tmp: Path):
+        (tmp / "images").mkdir()
+        with open(tmp / ATTR_META, "w") as f:
+            for u, b, c, labels in zip(imgs.uid, imgs["bytes"], imgs.caption, rows):
+                name = f"images/{u}{_ext(b)}"
+                (tmp / name).write_bytes(b)
+                f.write(json.dumps({"file_name": name, "caption": str(c), "attributes": labels}) + "\n")
+        (tmp / ATTR_TREE).write_text(json.dumps({k: {p: list(v.get(p, [])) for p in ("positive", "negative")}
+                                                 for k, v in tree.items()}, indent=1))
+    return _write_dir_atomic(Path(root), write)
+
+
 def load_attributes(root: Path, size: int | None = None) -> AttributeData:
     """Read an attribute-annotated image folder: attribute_tree.json ({node: {positive: [...],
     negative: [...]}}) and metadata.jsonl (one {file_name, caption, attributes} per image, every
@@ -431,9 +505,11 @@ def _once(entry: Path, done: Path, make) -> None:
             make()
 
 
-def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, world: bool):
+def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, world: bool,
+                    scorer_options: dict | None = None):
     """The training data of a method's feedback kind from the preference source `path` (the world's
-    annotated pairs, or data.path). Returns (data, info for result.json)."""
+    annotated pairs, or data.path). Returns (data, info for result.json). `scorer_options`
+    (eval.scorer_options) builds BalancedDPO's voters as the evaluation builds its scorers."""
     path = Path(path)
     kind, cfg = method.feedback, method.cfg
     base = Path(cache_dir) / "feedback"
@@ -468,14 +544,27 @@ def load_for_method(method, path: Path, data_cfg, cache_dir: Path, size: int, wo
             raise BenchError(f"{path}: votes come from a Pick-a-Pic-format parquet file; set data.path to one")
         scored = path
         if not has_votes(path, voters):
-            scored = base / f"votes-{_cache_key(path, voters)}.parquet"
-            _once(scored, scored, lambda: score_votes(path, scored, voters))
+            opts = {v: dict((scorer_options or {}).get(v) or {}) for v in voters}
+            scored = base / f"votes-{_cache_key(path, voters, opts)}.parquet"
+            _once(scored, scored, lambda: score_votes(path, scored, voters, scorer_options=opts))
         data = load_votes(scored, voters, size=size)
         return data, {"path": str(scored), "pairs": len(data), "voters": voters}
     if kind == "attributes":
         noise = float(getattr(cfg, "attribute_noise", 0.0))
+        attr_file = getattr(cfg, "attributes_file", None)
         if path.is_dir():
             root = path
+        elif attr_file:
+            attr_file = Path(attr_file)
+            if not attr_file.is_file():
+                raise BenchError(f"method.attributes_file {attr_file} not found; it holds the per-image attribute "
+                                 "annotations of data.path (format: docs/methods.md, 'CPO attribute file')")
+            root = base / f"attributes-file-{_cache_key(path, _cache_key(attr_file))}"
+            _once(root, root / ATTR_META, lambda: attributes_from_file(path, attr_file, root))
+        elif not world:
+            raise BenchError(f"method=cpo on {path} needs per-image attribute annotations: set "
+                             "method.attributes_file=<attributes.json> (format: docs/methods.md, 'CPO attribute "
+                             "file'), or data.path=<attribute folder with metadata.jsonl and attribute_tree.json>")
         else:
             root = base / f"attributes-{_cache_key(path, noise, data_cfg.seed)}"
             _once(root, root / ATTR_META, lambda: annotate_attributes(path, root, noise=noise, seed=data_cfg.seed))
@@ -498,5 +587,6 @@ def pairs_from_images(captions: list[str]) -> list[tuple[int, int]]:
 
 
 __all__ = ["ImageData", "VoteData", "AttributeData", "PairData", "load_kto", "load_votes", "load_attributes",
-           "pickapic_to_kto", "world_comparisons", "score_votes", "annotate_attributes", "load_for_method",
+           "pickapic_to_kto", "world_comparisons", "score_votes", "annotate_attributes", "attributes_from_file",
+           "load_for_method",
            "kto_sampling_weights", "pairs_from_images"]

@@ -333,15 +333,20 @@ def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) 
                **{f"budget_{k}": v for k, v in first["budget"].items()},
                "git_sha": first["provenance"]["git_sha"]}
         extra = {}
-        for name in first["scorers"]:
+        # runs may have been scored with different scorer sets: each scorer's numbers come from the
+        # seeds that have it (the others do not enter its pooled estimate)
+        names = list(dict.fromkeys(n for m in members for n in m.result["scorers"]))
+        for name in names:
             if name not in all_scorers:
                 all_scorers.append(name)
-            st = vs_base(members, name, df)
+            have = [m for m in members if name in m.result["scorers"]]
+            sdf = df if len(have) == len(members) else pooled_scores(have)
+            st = vs_base(have, name, sdf)
             row.update({f"{name}_win_rate": st["win_rate"], f"{name}_ci_low": st["ci_low"],
                         f"{name}_ci_high": st["ci_high"],
                         f"{name}_wtl": f"{st['wins']}/{st['ties']}/{st['losses']}",
-                        f"{name}_mean": float(df[name].mean())})
-            extra.update({f"{name}_base_mean": float(df[f"base_{name}"].mean()),
+                        f"{name}_mean": float(sdf[name].mean())})
+            extra.update({f"{name}_base_mean": float(sdf[f"base_{name}"].mean()),
                           f"{name}_p": st["p"],
                           # a claim about the method: p < .05 over >= 2 training seeds (one seed never is)
                           f"{name}_significant": st["significant"],
@@ -356,7 +361,7 @@ def leaderboard(results_dir: Path | None = None, runs: list[Run] | None = None) 
         row["label"] = labels[key]
         row["n_jobs"] = len(members)
         row["wall_s_total"] = float(np.sum([m.result["wall_s"]["total"] for m in members]))
-        wr = [row[f"{n}_win_rate"] for n in first["scorers"]]
+        wr = [row[f"{n}_win_rate"] for n in names]
         row["mean_win_rate"] = float(np.mean(wr)) if wr else np.nan
         row["git_dirty"] = any(bool(m.result["provenance"].get("git_dirty")) for m in members)
         row["job_dirs"] = ";".join(m.path.name for m in members)

@@ -177,7 +177,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
             path = Path(job.data.path)
         # the method's feedback kind (pairs, images, binary, votes, attributes) from that source
         data, data_info = load_for_method(method, path, job.data, cache, backbone.resolution,
-                                          world=job.data.source == "world")
+                                          world=job.data.source == "world", scorer_options=job.eval.scorer_options)
         times["data"] = time.time() - t
         t = time.time()
         ckpt_dir = cache / "checkpoints" / out.name

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         method = METHODS.get(job.method.name)(job.method)
         backbone = BACKBONES.get(job.backbone.name)(job.backbone, job.world, cache)
         data, data_info = load_for_method(method, Path(spec.data_path), job.data, cache, backbone.resolution,
-                                          world=bool(spec.world))
+                                          world=bool(spec.world), scorer_options=job.eval.scorer_options)
         info: dict = {}
         _, history = train(backbone, method, data, job.train, job.seed, ckpt_dir=ckpt_dir,
                            progress=job.progress, accelerator=acc, ref_cache_dir=cache / "reference", info=info)

@@ -1,6 +1,7 @@
 """How fast the suite runs on this machine, against plain references (issue 16).
 
     python benchmarks/perf.py [--backbone tiny-sd15] [--steps 20] [--reps 5] [--parts peak,dpo,sample,parallel]
+    python benchmarks/perf.py --model sd15|sdxl ...     real-size UNets: see benchmarks/perf_real.py (issue 19)
 
 Prints, as medians of interleaved repetitions (absolute times on a shared machine are noisy; the
 ratios are what to compare):
@@ -265,6 +266,12 @@ def parallel(args) -> dict:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--model" or a.startswith("--model=") for a in argv):     # real-size UNets (issue 19)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from perf_real import main as real_main
+        real_main(argv)
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="tiny-sd15")
     p.add_argument("--steps", type=int, default=20)

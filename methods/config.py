@@ -67,6 +67,10 @@ class CPOConfig(MethodConfig):
     positive_weight: float = 1.0       # lambda_pos: weight of positive attributes' terms
     negative_weight: float = 1.0       # lambda_neg: weight of negative attributes' terms
     attribute_noise: float = 0.0       # world data: probability of flipping each annotated label
+    # real data (a Pick-a-Pic-format data.path): the per-image attribute annotations, a JSON file
+    # {"tree": {node: {positive: [...], negative: [...]}}, "images": {uid: {positive: [...], negative: [...]}}}
+    # (bench.feedback.attributes_from_file, docs/methods.md); required there, unused with a folder data.path
+    attributes_file: str | None = None
     # Stage 1 (suite choices; the paper's settings are [not found]).
     aux_steps: int = 200
     aux_lr: float = 1e-4

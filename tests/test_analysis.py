@@ -448,3 +448,40 @@ def test_power_table_from_multi_seed_configs(rep):
     mde3 = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * np.sqrt(var3)
     assert f"| 3 | 10 | 2 | 60 | {mde3:.3f} | 0.000 |" in text            # aesthetic: all ties, nothing varies
     assert f"gold {mde3:.3f}, aesthetic 0.000" in (rep.out / "tables" / "winrates.md").read_text()
+
+
+def test_report_over_runs_with_different_scorer_sets(tmp_path):
+    """Runs scored with different scorer sets (issue 19: `bench report` crashed with "'x' and 'y'
+    must have the same size"): each scorer's column holds the runs that have it, the others show
+    no number for it, and the numbers equal those of a report over the runs that have it."""
+    root = tmp_path / "results"
+    wins_a, wins_b = outcome_column(set(range(7))), outcome_column(set(range(4)))
+    fake_job(root, "dpo", 0, wins_a, wins_b, samples=False)                  # gold + aesthetic
+    fake_job(root, "dpo", 1, wins_b, wins_a, samples=False)
+    only_gold = fake_job(root, "kto", 0, wins_b, wins_b, samples=False)      # then drop aesthetic
+    res = json.loads((only_gold / "result.json").read_text())
+    del res["scorers"]["aesthetic"]
+    res["identity"]["eval"] = res["config"]["eval"] = {**EVAL, "scorers": ["gold"]}
+    df = pd.read_parquet(only_gold / "scores.parquet").drop(columns=["aesthetic", "base_aesthetic"])
+    shutil.rmtree(only_gold)
+    write_job(only_gold, res, df, "{}\n")
+    # and a seed of the same config as the dpo runs that lacks aesthetic: pooled over seeds, the
+    # aesthetic win rate of that config uses the seeds that have it
+    third = fake_job(root, "dpo", 2, wins_a, wins_a, samples=False)
+    res = json.loads((third / "result.json").read_text())
+    del res["scorers"]["aesthetic"]
+    df = pd.read_parquet(third / "scores.parquet").drop(columns=["aesthetic", "base_aesthetic"])
+    shutil.rmtree(third)
+    write_job(third, res, df, "{}\n")
+
+    out = A.report(root, tmp_path / "report")
+    assert not out.problems
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert list((tmp_path / "report").rglob("winrates*.png"))              # the figure that crashed
+    lb = pd.read_csv(tmp_path / "report" / "leaderboard.csv")
+    kto = lb[lb.label.str.startswith("kto")].iloc[0]
+    dpo = lb[lb.label.str.startswith("dpo")].iloc[0]
+    assert kto["gold_win_rate"] == pytest.approx(0.4) and np.isnan(kto["aesthetic_win_rate"])
+    # gold pooled over the three dpo seeds (0.7, 0.4, 0.7); aesthetic over seeds 0 and 1 (0.4, 0.7)
+    assert dpo["gold_win_rate"] == pytest.approx(0.6) and dpo["aesthetic_win_rate"] == pytest.approx(0.55)
+    assert dpo["n_seeds"] == 3 and dpo["seeds"] == "0,1,2"

@@ -187,3 +187,44 @@ def test_loss_weight_is_the_same_in_epsilon_and_v_units():
     # Min-SNR in v units is min(SNR, g) / (SNR + 1): abar 0.9 -> SNR 9 -> 5/10
     pre = PretrainConfig(snr_gamma=5.0, v_weight_cap=None)
     assert torch.allclose(loss_weight(pre, ac[:1], t[:1], "v_prediction"), torch.tensor([0.5]))
+
+
+def _with_safety_checker(pipe_dir):
+    """A tiny SD1.5 pipeline saved with a (tiny, random) StableDiffusionSafetyChecker and its feature
+    extractor, as the published SD1.5 repositories ship it (model_index.json has safety_checker)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+    base = build_tiny(small("tiny-sd15"), 32)
+    cfg = CLIPConfig(text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2},
+                     vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+                     projection_dim=8)
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL(block_out_channels=[8, 8], norm_num_groups=8, layers_per_block=1, sample_size=32,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=base.unet, scheduler=base.scheduler,
+                                   safety_checker=StableDiffusionSafetyChecker(cfg),
+                                   feature_extractor=CLIPImageProcessor(crop_size=32, size=32))
+    pipe.save_pretrained(pipe_dir, safe_serialization=True)
+    index = json.loads((pipe_dir / "model_index.json").read_text())
+    assert index["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    return pipe_dir
+
+
+def test_safety_checker_is_off_on_both_loading_paths(tmp_path, monkeypatch):
+    from tests.test_scorers_real import hf_cache_entry
+    d = _with_safety_checker(tmp_path / "sd15")
+    from diffusers import DiffusionPipeline
+    assert DiffusionPipeline.from_pretrained(d, local_files_only=True).safety_checker is not None  # it is there
+    from_dir = load_real("stable-diffusion-v1-5/stable-diffusion-v1-5", str(d))
+    hf_cache_entry(tmp_path / "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", d)
+    import huggingface_hub.constants
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))   # read at import
+    from_cache = load_real("stable-diffusion-v1-5/stable-diffusion-v1-5", None)
+    for pipe in (from_dir, from_cache):
+        assert pipe.safety_checker is None
+        assert pipe.unet.config.block_out_channels == [16, 32]           # the rest did load

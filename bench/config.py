@@ -360,6 +360,14 @@ def validate(cfg: DictConfig) -> JobConfig:
         raise BenchError("data.source=file needs data.path=<Pick-a-Pic-format parquet file>")
     if job.data.source == "file":
         check_preference_source(Path(job.data.path))
+    attr_file = getattr(job.method, "attributes_file", None)      # CPO on real data (docs/methods.md)
+    if attr_file and not Path(attr_file).is_file():
+        raise BenchError(f"method.attributes_file {attr_file} not found; it holds the per-image attribute "
+                         "annotations of data.path (format: docs/methods.md, 'CPO attribute file')")
+    if (hasattr(job.method, "attributes_file") and not attr_file and job.data.source == "file"
+            and not Path(job.data.path).is_dir()):
+        raise BenchError(f"method={job.method.name} on {job.data.path} needs per-image attribute annotations: set "
+                         "method.attributes_file=<attributes.json> (format: docs/methods.md, 'CPO attribute file')")
     check_backbone_paths(job.backbone)
     if hasattr(job.backbone, "model_id") and job.preset is None and job.train.steps == TrainConfig.steps:
         log.warning("backbone %s trains with the embedded world's trainer defaults (train.lr=%g, %d steps x %d); "

@@ -151,7 +151,7 @@ def make_optimizer(name: str, params, lr: float = 1e-8):
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise Skip("adamw8bit needs bitsandbytes (pip install 'diffpref-bench[bitsandbytes]'); not installed here") from None
+            raise Skip("adamw8bit needs bitsandbytes (pip install -e '.[paper]'); not installed here") from None
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
     if name == "adafactor":
         from transformers.optimization import Adafactor

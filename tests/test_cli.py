@@ -70,6 +70,7 @@ def make_files(tmp_path):
         f / "pick_columns" / "data" / "train-00000-of-00001-ab.parquet", index=False)
     (f / "pick_good" / "data").mkdir(parents=True)
     pickapic(f / "pick_good" / "data" / "train-00000-of-00001-ab.parquet", [(1.0, 0.0)])
+    pickapic(f / "one_pair.parquet", [(1.0, 0.0)])
     (f / "hpd_noimages").mkdir()
     (f / "hpd_noimages" / "train.json").write_text("[]")
     (tmp_path / "results" / "runs" / "tiny-sd15-dpo-0123456789ab").mkdir(parents=True)
@@ -153,6 +154,10 @@ BAD_INPUTS = [
      "({hf}); run `hf download yuvalkirstain/PickScore_v1`"),
     # preference files
     (["run", "data.source=file"], "error: data.source=file needs data.path="),
+    (["run", "method=cpo", "data.source=file", "data.path={one_pair}"],
+     "error: method=cpo on {one_pair} needs per-image attribute annotations: set method.attributes_file="),
+    (["run", "method=cpo", "data.source=file", "data.path={one_pair}", "method.attributes_file={empty}/a.json"],
+     "error: method.attributes_file {empty}/a.json not found"),
     (["run", "data.source=s3"], "error: unknown data.source 's3'; valid: world, file, pickapic_v2, hpdv2"),
     # streamed sources (bench/stream.py): the directory, its shards and columns, the options
     (["run", "data.source=pickapic_v2"], "error: data.source=pickapic_v2 needs data.path=<the dataset directory>"),

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from bench import world as W
 from bench.lazy import torch  # imported on first use: the config path needs no torch
 from bench.registry import BACKBONES, BenchError
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -621,15 +622,12 @@ def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldC
             p.copy_(e)
     for m in modules:
         m.eval()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp / PIPELINE_DIR, safe_serialization=True)
-    (tmp / "recipe.json").write_text(json.dumps(rec, indent=2))
-    (tmp / "train_log.json").write_text(json.dumps(
-        {"loss_every_100": [float(np.mean(losses[i:i + 100])) for i in range(0, len(losses), 100)],
-         "wall_s": time.time() - t0}))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic(out) as tmp:
+        pipe.save_pretrained(tmp / PIPELINE_DIR, safe_serialization=True)
+        (tmp / "recipe.json").write_text(json.dumps(rec, indent=2))
+        (tmp / "train_log.json").write_text(json.dumps(
+            {"loss_every_100": [float(np.mean(losses[i:i + 100])) for i in range(0, len(losses), 100)],
+             "wall_s": time.time() - t0}))
     return out / PIPELINE_DIR
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from bench import world as W
 from bench.lazy import torch  # imported on first use: the config path needs no torch
 from bench.locks import load_entry, making
 from bench.registry import BenchError
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -94,9 +94,8 @@ def decode_image(data: bytes, size: int | None = None) -> torch.Tensor:
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 @dataclass

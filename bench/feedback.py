@@ -34,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +47,7 @@ from bench.data import (PICKAPIC_COLUMNS, PairData, check_labels, decode_image, 
                         write_parquet_atomic)
 from bench.locks import intact, making, seal_path
 from bench.registry import BenchError
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +174,9 @@ def _cache_key(path: Path, *options) -> str:
 
 def _write_dir_atomic(out: Path, write) -> Path:
     """write(tmp_dir) fills a temp directory, which is then renamed to `out`."""
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic(out) as tmp:
+        tmp.mkdir(parents=True)
+        write(tmp)
     return out
 
 

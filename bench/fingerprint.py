@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from bench.files import atomic
 
 MEMO = "fingerprints.json"
 SKIP_SUFFIXES = (".lock", ".sha256", ".tmp")
@@ -67,9 +68,8 @@ def fingerprint(root: str | Path, cache_dir: str | Path | None = None) -> str:
         h.update(f"{rel}\0{blob}\n".encode() if blob else f"{rel}\0{p.stat().st_size}\0{_digest(p, memo)}\n".encode())
     if memo_path is not None and len(memo) != before:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_name(memo_path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
+        with atomic(memo_path) as tmp:
+            tmp.write_text(json.dumps(memo))
     return h.hexdigest()[:16]
 
 

@@ -43,7 +43,7 @@ class Method:
 
     # ---- hooks for methods that need more than per-sample errors (defaults: not needed)
 
-    def prepare(self, backbone, data, cfg: "TrainConfig", seed: int, progress: bool = True):
+    def prepare(self, backbone, data, cfg: "bench.config.TrainConfig", seed: int, progress: bool = True):
         """Turn the loaded feedback into training data (PairData or ImageData); may train an
         auxiliary model. Called once by `train` before the policy is set up."""
         return data
@@ -67,7 +67,7 @@ class Method:
         return cond
 
     def batch_loss(self, err: torch.Tensor, ref_err: torch.Tensor | None, batch: "Batch",
-                   ctx: "StepContext") -> tuple[torch.Tensor, dict]:
+                   ctx: "bench.train.StepContext") -> tuple[torch.Tensor, dict]:
         return self.loss(err, ref_err)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from bench.locks import load_entry, making
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ def reference_table(path: Path, n_groups: int, draws: Draws, errors_of, batch_gr
             if table is None:
                 table = compute_table(n_groups, draws, errors_of, batch_groups, progress)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                save_file({"errors": table}, str(tmp))
-                os.replace(tmp, path)
+                with atomic(path) as tmp:
+                    save_file({"errors": table}, str(tmp))
                 log.info("reference errors for %d examples x %d draws written to %s", n_groups, draws.k, path)
                 return table
     if table.shape[:2] != (n_groups, draws.k):

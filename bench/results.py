@@ -26,6 +26,7 @@ import pandas as pd
 
 from bench import world as W
 from bench.statistics import win_rate
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 IDENTITY_KEYS = ("backbone", "method", "data", "train", "eval", "world", "seed")
@@ -95,12 +96,11 @@ def provenance(device: str | None = None) -> dict:
 
 def write_job(path: Path, result: dict, scores: pd.DataFrame, config_yaml: str) -> None:
     """Write the job directory atomically: all files into a temp dir, then one rename."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    scores.to_parquet(tmp / "scores.parquet", index=False)
-    (tmp / "config.yaml").write_text(config_yaml)
-    (tmp / "result.json").write_text(json.dumps(result, indent=2, default=_json_default))
+    with atomic(path) as tmp:
+        tmp.mkdir(parents=True)
+        scores.to_parquet(tmp / "scores.parquet", index=False)
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "result.json").write_text(json.dumps(result, indent=2, default=_json_default))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -144,9 +144,8 @@ def write_sample_sheet(path: Path, images, base_images, prompt_ids, prompts, see
     path = Path(path)
     for name, write in ((SAMPLE_SHEET, lambda f: sheet.save(f, format="PNG", optimize=True)),
                         (SAMPLE_INDEX, lambda f: f.write_text(json.dumps(index, indent=1)))):
-        tmp = path / f"{name}.tmp{os.getpid()}"
-        write(tmp)
-        os.replace(tmp, path / name)
+        with atomic(path / name) as tmp:
+            write(tmp)
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -382,9 +381,8 @@ def write_leaderboard(results_dir: Path, out: Path | None = None,
         return None
     out = Path(out) if out is not None else Path(results_dir) / "leaderboard.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    df.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, out)
+    with atomic(out) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
     log.info("leaderboard: %s (%d rows)", out, len(df))
     return out
 

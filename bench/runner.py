@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -48,21 +47,20 @@ from bench.sample import generate
 from bench.checkpoint import RESUME_DIR
 from bench.devices import Precision, device_record, job_device, place
 from bench.train import train
+from bench.files import atomic, key
 
 WORKER_RESULT = "worker_result.json"
 
 log = logging.getLogger(__name__)
 
 
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+_key = key          # the short content hash of cache entries (bench.files.key)
 
 
 def _save_images(images: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file({"images": images.contiguous()}, str(tmp))
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        save_file({"images": images.contiguous()}, str(tmp))
 
 
 def cached_samples(path: Path, texts: list[str], seeds: list[int], sample, chunk: int) -> torch.Tensor:
@@ -84,9 +82,8 @@ def cached_table(path: Path, make) -> pd.DataFrame:
             if df is None:
                 df = make()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-                df.to_parquet(tmp, index=False)
-                tmp.replace(path)
+                with atomic(path) as tmp:
+                    df.to_parquet(tmp, index=False)
     return df
 
 

@@ -63,7 +63,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +71,7 @@ from PIL import Image
 
 from bench.lazy import torch  # imported on first use: validation needs no torch
 from bench.registry import BenchError
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -352,10 +352,9 @@ def write_cached(path: Path, item: dict, tensors: dict) -> None:
         if path.is_file() and intact(path):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        save_file({"keys": item["keys"].contiguous(), **tensors}, str(tmp),
-                  metadata={"captions": json.dumps(item["captions"])})
-        os.replace(tmp, path)
+        with atomic(path) as tmp:
+            save_file({"keys": item["keys"].contiguous(), **tensors}, str(tmp),
+                      metadata={"captions": json.dumps(item["captions"])})
 
 
 class Latents:

@@ -23,9 +23,8 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from bench.registry import BenchError
 # the method contract (bench/method.py), imported here for bench.train's users
 from bench.method import Batch, Method, RefreshSpec  # noqa: F401
 from bench.stream import rank_seed
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +549,5 @@ def save_checkpoint(unet, path: Path, lora: bool) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()
              if not lora or "lora_" in k}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        save_file(state, str(tmp))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.registry import BenchError
+from bench.files import atomic
 
 log = logging.getLogger(__name__)
 STUDIES = Path(__file__).resolve().parent.parent / "sweeps" / "study"
@@ -276,9 +277,8 @@ def run_worker(spec: StudySpec, cli: list[str], progress: bool = True) -> Path:
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        write(tmp)
 
 
 def write_outputs(study, spec: StudySpec, out: Path) -> list[str]:

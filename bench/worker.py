@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from bench.registry import BenchError
+from bench.files import write_text
 
 log = logging.getLogger("bench.worker")
 
@@ -56,13 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         if acc.is_main_process:
             data_info.update(getattr(method, "data_info", {}))
             out = ckpt_dir / WORKER_RESULT
-            tmp = out.with_name(out.name + f".tmp{os.getpid()}")
             training = {k: v for k, v in info.items() if k != "placement"}
             training["ranks"] = [{"rank": r["rank"], "device": r["device"], "placement": r["placement"]}
                                  for r in ranks]
-            tmp.write_text(json.dumps({"history": history, "data_info": data_info,
-                                       "num_processes": acc.num_processes, "training": training}, default=str))
-            os.replace(tmp, out)
+            write_text(out, json.dumps({"history": history, "data_info": data_info,
+                                        "num_processes": acc.num_processes, "training": training}, default=str))
         acc.wait_for_everyone()
     except BenchError as e:
         print(f"error: [rank {acc.process_index}] {e}", file=sys.stderr)

@@ -56,8 +56,16 @@ def test_real_configs_have_the_published_parameter_counts():
 SAVERS_ON = ["--precision", "bf16", "--grad-checkpointing", "--ref-dtype", "bf16", "--optimizer", "adafactor", "--ema"]
 
 
+@pytest.fixture
+def keep_threads():
+    """--threads sets torch's thread count for the process: restore it for the tests after."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("extra", [[], SAVERS_ON])
-def test_benchmark_runs_and_writes_its_fields(tiny, tmp_path, extra):
+def test_benchmark_runs_and_writes_its_fields(tiny, tmp_path, extra, keep_threads):
     out = tmp_path / "perf.json"
     P.main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--pairs", "2",
             "--sample-steps", "2", "--threads", "1", "--out", str(out), *extra])

@@ -63,7 +63,8 @@ def test_dpo_from_cached_reference_starts_at_log2_and_trains(tiny_arch, tmp_path
     cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, log_every=1, ref_draws=2, ema_decay=None)
     unet, hist = train(bb, DPO(DPOConfig()), data, cfg, seed=0, progress=False, ref_cache_dir=tmp_path)
     # at step 1 the policy is the reference: the loss is log 2 up to the batching of the two forwards
-    assert abs(hist[0]["loss"] - math.log(2)) < 1e-5
+    # (float rounding ~6e-8 in an error, times beta/2 = 2500 in the logit: 7.5e-5 measured at one thread)
+    assert abs(hist[0]["loss"] - math.log(2)) < 2e-4
     assert any(h["loss"] != hist[0]["loss"] for h in hist[1:])
 
 

@@ -101,8 +101,6 @@ def write_job(path: Path, result: dict, scores: pd.DataFrame, config_yaml: str) 
         scores.to_parquet(tmp / "scores.parquet", index=False)
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "result.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
 
 
 def _json_default(o):

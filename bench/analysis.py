@@ -507,6 +507,7 @@ def winrate_figure(lb: pd.DataFrame, scorers: list[str]):
     Rows are labelled with short labels and a key below, so any number of configurations stays
     readable: the figure grows downwards, never sideways, and no legend sits on the data."""
     plt, sns = _plt()
+    from matplotlib.ticker import MaxNLocator
     d = lb[lb.method != "base"]
     scorers = [n for n in scorers if f"{n}_win_rate" in d and d[f"{n}_win_rate"].notna().any()]
     if d.empty or not scorers:
@@ -546,6 +547,7 @@ def winrate_figure(lb: pd.DataFrame, scorers: list[str]):
             else:
                 ax.tick_params(axis="y", labelleft=False)
             ax.tick_params(axis="x", labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(5))      # neighbouring panels' end ticks stay apart
             ax.set_title(f"{bb} · {n}", fontsize=9)
             ax.set_xlabel("win rate vs base" if i == len(backbones) - 1 else "", fontsize=8)
     from matplotlib.lines import Line2D

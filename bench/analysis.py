@@ -468,54 +468,105 @@ def _save(fig, stem: Path) -> list[Path]:
     return out
 
 
-def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[Path]:
-    """Grouped bars: win rate vs base per scorer (x) and method (hue), 95% CI as error bars."""
-    plt, sns = _plt()
-    d = lb[lb.method != "base"]
-    if d.empty:
-        return []
-    backbones = sorted(d.backbone.unique())
-    # one row per backbone, its legend outside the axes on the right: the number of configurations
-    # (14 on tiny-sd15 with the paper specs' ablations) sets the width, never covers the bars
-    most = max(int((d.backbone == bb).sum()) for bb in backbones)
-    longest = max(len(str(x)) for x in d["label"]) + 9            # + " (1 seed)"
-    fig, axes = plt.subplots(len(backbones), 1, figsize=(max(6.0, 0.16 * most * len(scorers) + 2.0) + 0.055 * longest,
-                                                         3.2 * len(backbones)), squeeze=False)
-    lows = [d[f"{n}_ci_low"].min() for n in scorers if f"{n}_ci_low" in d]
-    highs = [d[f"{n}_ci_high"].max() for n in scorers if f"{n}_ci_high" in d]
-    ylim = (max(0.0, min(lows + [0.5]) - 0.05), min(1.0, max(highs + [0.5]) + 0.05))
-    for ax, bb in zip(axes[:, 0], backbones):
-        g = d[d.backbone == bb]
-        # a run scored without some scorer has no bar there (runs may use different scorer sets)
-        long = pd.DataFrame([{"scorer": n, "win_rate": r[f"{n}_win_rate"],
-                              "method": r["label"] if r.get("n_seeds", 1) > 1 else f"{r['label']} (1 seed)",
-                              "lo": r[f"{n}_ci_low"], "hi": r[f"{n}_ci_high"]}
-                             for _, r in g.iterrows() for n in scorers
-                             if f"{n}_win_rate" in r and pd.notna(r[f"{n}_win_rate"])])
-        if long.empty:
+SHORT_LABEL = 18          # a label longer than this becomes "<method> [n]", spelled out in the figure's key
+
+
+def short_labels(labels, methods) -> tuple[dict[str, str], list[str]]:
+    """label -> short label, and the key lines ("[n] full label") for those that were shortened.
+    Numbered in the given order, one number per distinct label, so [n] names the same
+    configuration in every figure drawn from the same rows."""
+    short, key = {}, []
+    for label, method in zip(labels, methods):
+        if label in short:
             continue
-        hue_order = list(dict.fromkeys(long.method))
-        sns.barplot(long, x="scorer", y="win_rate", hue="method", order=scorers, hue_order=hue_order,
-                    errorbar=None, ax=ax)
-        for container, m in zip(ax.containers, hue_order):
-            sub = long[long.method == m].set_index("scorer")
-            # each bar's scorer from its position on the categorical axis (bar i of a hue is not
-            # scorer i when that hue lacks a scorer)
-            pts = [(b.get_x() + b.get_width() / 2, scorers[int(round(b.get_x() + b.get_width() / 2))])
-                   for b in container]
-            pts = [(x, sub.loc[n]) for x, n in pts if n in sub.index]
-            if pts:
-                xs, ys = [x for x, _ in pts], np.array([float(v.win_rate) for _, v in pts])
-                lo, hi = np.array([float(v.lo) for _, v in pts]), np.array([float(v.hi) for _, v in pts])
-                ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="none", ecolor="black", capsize=3, lw=1)
-        ax.axhline(0.5, ls="--", color="grey", lw=1)
-        ax.set_ylim(*ylim)
-        ax.set_title(f"{bb}: win rate vs base (95% CI, seed-aware over >= 2 seeds)", fontsize=10)
-        ax.set_xlabel("")
-        ax.set_ylabel("win rate vs base")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    return _save(fig, stem)
+        if len(label) <= SHORT_LABEL:
+            short[label] = label
+        else:
+            key.append(f"[{len(key) + 1}] {label}")
+            short[label] = f"{method} [{len(key)}]"
+    return short, key
+
+
+def _family_colours(methods) -> dict[str, tuple]:
+    """One colour per method family (a handful), the same in every panel."""
+    import seaborn as sns
+    fams = sorted(set(methods))
+    return dict(zip(fams, sns.color_palette("tab10" if len(fams) <= 10 else "husl", len(fams))))
+
+
+def _key_text(fig, key_lines: list[str], bottom_in: float) -> None:
+    """The key of shortened labels as lines of text in the figure's bottom margin (inches from the bottom)."""
+    if key_lines:
+        fig.text(0.01, bottom_in / fig.get_figheight(), "\n".join(key_lines), fontsize=7, va="bottom", ha="left",
+                 linespacing=1.35)
+
+
+def winrate_figure(lb: pd.DataFrame, scorers: list[str]):
+    """Faceted interval plot: one panel per (backbone, scorer), one row per configuration with its
+    win rate vs base and 95% CI, coloured by method family (hollow: a single training seed).
+    Rows are labelled with short labels and a key below, so any number of configurations stays
+    readable: the figure grows downwards, never sideways, and no legend sits on the data."""
+    plt, sns = _plt()
+    from matplotlib.ticker import MaxNLocator
+    d = lb[lb.method != "base"]
+    scorers = [n for n in scorers if f"{n}_win_rate" in d and d[f"{n}_win_rate"].notna().any()]
+    if d.empty or not scorers:
+        return None
+    backbones = sorted(d.backbone.unique())
+    short, key_lines = short_labels(d.label, d.method)
+    colours = _family_colours(d.method)
+    counts = [int((d.backbone == bb).sum()) for bb in backbones]
+    legend_h, key_h = 0.45, 0.15 * len(key_lines) + (0.1 if key_lines else 0.0)
+    panels_h = sum(0.24 * c + 0.75 for c in counts) + 0.5
+    longest = max(len(s) for s in short.values())
+    fig = plt.figure(figsize=(0.075 * longest + 2.3 * len(scorers) + 0.6, panels_h + legend_h + key_h))
+    H = fig.get_figheight()
+    gs = fig.add_gridspec(len(backbones), len(scorers), height_ratios=[0.24 * c + 0.75 for c in counts])
+    lows = [d[f"{n}_ci_low"].min() for n in scorers]
+    highs = [d[f"{n}_ci_high"].max() for n in scorers]
+    xlim = (max(0.0, min(lows + [0.5]) - 0.02), min(1.0, max(highs + [0.5]) + 0.02))
+    for i, bb in enumerate(backbones):
+        g = d[d.backbone == bb].reset_index(drop=True)
+        first = None
+        for j, n in enumerate(scorers):
+            ax = fig.add_subplot(gs[i, j], sharey=first)
+            first = first or ax
+            for y, r in g.iterrows():
+                x = r[f"{n}_win_rate"]
+                if pd.isna(x):            # a run scored without this scorer has no point here
+                    continue
+                c = colours[r.method]
+                ax.errorbar([x], [y], xerr=[[x - r[f"{n}_ci_low"]], [r[f"{n}_ci_high"] - x]], fmt="o", ms=4.5,
+                            color=c, mfc=c if r.get("n_seeds", 1) > 1 else "white", capsize=2.5, lw=1.2)
+            ax.axvline(0.5, ls="--", color="grey", lw=1)
+            ax.set_xlim(*xlim)
+            ax.set_ylim(len(g) - 0.5, -0.5)
+            ax.set_yticks(range(len(g)))
+            if j == 0:
+                ax.set_yticklabels([short[lab] for lab in g.label], fontsize=8)
+            else:
+                ax.tick_params(axis="y", labelleft=False)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(5))      # neighbouring panels' end ticks stay apart
+            ax.set_title(f"{bb} · {n}", fontsize=9)
+            ax.set_xlabel("win rate vs base" if i == len(backbones) - 1 else "", fontsize=8)
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colours.items()]
+    if (d.get("n_seeds", pd.Series([2])) <= 1).any():
+        handles.append(Line2D([], [], marker="o", ls="", color="grey", mfc="white", label="1 training seed"))
+    fig.suptitle("Win rate vs base, 95% CI (seed-aware over >= 2 training seeds; prompts only for 1 seed)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, (legend_h + key_h) / H, 1, 1))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, (legend_h + key_h) / H), ncol=len(handles),
+               fontsize=8, frameon=False, handletextpad=0.3, columnspacing=1.2)
+    _key_text(fig, key_lines, 0.05)
+    return fig
+
+
+def fig_winrate_bars(lb: pd.DataFrame, scorers: list[str], stem: Path) -> list[Path]:
+    """The win-rate figure (winrate_figure) saved as stem.png / stem.pdf."""
+    fig = winrate_figure(lb, scorers)
+    return [] if fig is None else _save(fig, stem)
 
 
 def fig_attribute_heatmap(af: pd.DataFrame, stem: Path) -> list[Path]:
@@ -543,9 +594,13 @@ def fig_attribute_heatmap(af: pd.DataFrame, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
-def fig_sensitivity(lb: pd.DataFrame, runs: list[Run], scorers: list[str], outdir: Path) -> list[Path]:
+def fig_sensitivity(lb: pd.DataFrame, runs: list[Run], scorers: list[str], outdir: Path,
+                    notes: list[str] | None = None) -> list[Path]:
     """Win rate vs base against every swept numeric config key (beta, refresh interval, caption
-    dropout, ...), one line per scorer (and per combination of the other swept keys), CI bars."""
+    dropout, ...), one line per scorer, CI bars. Runs that also differ in other swept keys are
+    split into one panel per combination of those keys; only combinations with >= 2 values of
+    the key make a curve (a key that never varies alone gets no figure, and a note)."""
+    notes = notes if notes is not None else []
     by_dir = {r.path.name: r for r in runs}
     files = []
     for (bb, method), axes_keys in sorted(swept_axes(runs).items()):
@@ -559,29 +614,43 @@ def fig_sensitivity(lb: pd.DataFrame, runs: list[Run], scorers: list[str], outdi
                 continue
             others = [k for k in axes_keys if k != key]
             names = short_keys(axes_keys)
-            plt, sns = _plt()
-            long = []
+            groups: dict[str, list] = {}
             for (_, r), ident in zip(g.iterrows(), idents):
                 rest = ", ".join(f"{names[k]}={ident.get(k)}" for k in others)
-                for n in scorers:
-                    long.append({"x": float(ident[key]), "scorer": n + (f" ({rest})" if rest else ""),
-                                 "y": r[f"{n}_win_rate"], "lo": r[f"{n}_ci_low"], "hi": r[f"{n}_ci_high"]})
-            long = pd.DataFrame(long).sort_values("x")
-            hues = list(dict.fromkeys(long.scorer))
-            palette = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
-            fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            sns.lineplot(long, x="x", y="y", hue="scorer", hue_order=hues, palette=palette, marker="o", ax=ax,
-                         errorbar=None)
-            for s, sub in long.groupby("scorer"):
-                ax.errorbar(sub.x, sub.y, yerr=[sub.y - sub.lo, sub.hi - sub.y], fmt="none", capsize=3,
-                            lw=1, ecolor=palette.get(s, "black"))
-            ax.axhline(0.5, ls="--", color="grey", lw=1)
-            if long.x.min() > 0 and long.x.max() / long.x.min() >= 20:
-                ax.set_xscale("log")
-            ax.set_xlabel(names[key])
-            ax.set_ylabel("win rate vs base")
-            ax.set_title(f"{bb} / {method}: sensitivity to {names[key]} (95% CI)")
-            ax.legend(fontsize=7)
+                groups.setdefault(rest, []).append((r, ident))
+            groups = {k: v for k, v in groups.items() if len({float(i[key]) for _, i in v}) >= 2}
+            if not groups:
+                notes.append(f"sensitivity of {bb} / {method} to {names[key]} skipped: no two runs differ in "
+                             f"{names[key]} alone")
+                continue
+            plt, sns = _plt()
+            palette = dict(zip(scorers, sns.color_palette("tab10", len(scorers))))
+            ncol = min(3, len(groups))
+            nrow = -(-len(groups) // ncol)
+            fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 1.4, 3.6 * nrow), squeeze=False)
+            import textwrap
+            for ax, (rest, members) in zip(axes.flat, sorted(groups.items())):
+                long = pd.DataFrame([{"x": float(ident[key]), "scorer": n, "y": r[f"{n}_win_rate"],
+                                      "lo": r[f"{n}_ci_low"], "hi": r[f"{n}_ci_high"]}
+                                     for r, ident in members for n in scorers
+                                     if f"{n}_win_rate" in r and pd.notna(r[f"{n}_win_rate"])]).sort_values("x")
+                for n, sub in long.groupby("scorer", sort=False):
+                    ax.errorbar(sub.x, sub.y, yerr=[sub.y - sub.lo, sub.hi - sub.y], fmt="o-", ms=4, capsize=3,
+                                lw=1.2, color=palette[n], label=n)
+                ax.axhline(0.5, ls="--", color="grey", lw=1)
+                if long.x.min() > 0 and long.x.max() / long.x.min() >= 20:
+                    ax.set_xscale("log")
+                ax.set_xlabel(names[key])
+                ax.set_ylabel("win rate vs base")
+                ax.set_title("\n".join(textwrap.wrap(rest, 60)) if rest else "", fontsize=7)
+            for ax in list(axes.flat)[len(groups):]:
+                ax.set_visible(False)
+            from matplotlib.lines import Line2D
+            handles = [Line2D([], [], marker="o", color=c, label=n) for n, c in palette.items()]
+            fig.suptitle(f"{bb} / {method}: sensitivity to {names[key]} (95% CI)", fontsize=10)
+            fig.tight_layout(rect=(0, 0, 1 - 1.3 / fig.get_figwidth(), 1))
+            fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - 1.25 / fig.get_figwidth(), 0.9),
+                       fontsize=8, frameon=False)
             files += _save(fig, outdir / f"sensitivity-{bb}-{method}-{names[key].replace('.', '_')}")
     return files
 
@@ -591,9 +660,10 @@ TRAIN_METRICS = ("loss", "implicit_acc", "reward_margin")
 
 def fig_training(lb: pd.DataFrame, runs: list[Run], stem: Path) -> list[Path]:
     """Training curves (loss, implicit accuracy, reward margin) from result.json's history, one
-    line per job, coloured by config."""
+    line per job, coloured by config: one row of panels per backbone, its legend (short labels,
+    key below) beside the row, never on the curves."""
     label_of = {d: r.label for _, r in lb.iterrows() for d in r.job_dirs.split(";")}
-    rows = [{"label": label_of.get(r.path.name, r.result["method"]), "seed": r.seed,
+    rows = [{"label": label_of.get(r.path.name, r.result["method"]), "method": r.result["method"], "seed": r.seed,
              "backbone": r.result["backbone"], **h}
             for r in runs for h in r.result.get("train_history") or []]
     if not rows:
@@ -602,16 +672,38 @@ def fig_training(lb: pd.DataFrame, runs: list[Run], stem: Path) -> list[Path]:
     metrics = [m for m in TRAIN_METRICS if m in d and d[m].notna().any()]
     if "step" not in d or not metrics:
         return []
-    if d.backbone.nunique() > 1:
-        d["label"] = d.backbone + ": " + d.label
     plt, sns = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        sub = d[d[m].notna()]
-        sns.lineplot(sub, x="step", y=m, hue="label", units="seed", estimator=None, ax=ax, lw=1.2)
-        ax.set_title(m.replace("_", " "))
-        ax.legend(fontsize=7)
-    fig.suptitle("training curves (one line per seed)")
+    order = [lab for lab in lb.label if lab in set(d.label)]
+    order = list(dict.fromkeys(order + sorted(set(d.label) - set(order))))
+    short, key_lines = short_labels(order, [d.method[d.label == lab].iloc[0] for lab in order])
+    d["short"] = d.label.map(short)
+    backbones = sorted(d.backbone.unique())
+    key_h = 0.15 * len(key_lines) + (0.15 if key_lines else 0.0)
+    n_lines = [d[d.backbone == bb].short.nunique() for bb in backbones]
+    row_h = [max(3.0, 0.2 * n + 0.8) for n in n_lines]
+    longest = max(len(s) for s in short.values())
+    fig, axes = plt.subplots(len(backbones), len(metrics), squeeze=False, gridspec_kw={"height_ratios": row_h},
+                             figsize=(4.0 * len(metrics) + 0.075 * longest + 1.0, sum(row_h) + 0.5 + key_h))
+    for i, bb in enumerate(backbones):
+        sub_bb = d[d.backbone == bb]
+        hues = list(dict.fromkeys([short[lab] for lab in lb[lb.backbone == bb].label if lab in set(sub_bb.label)]
+                                  + sorted(set(sub_bb.short))))
+        palette = dict(zip(hues, sns.color_palette("tab10" if len(hues) <= 10 else "husl", len(hues))))
+        for j, m in enumerate(metrics):
+            ax = axes[i][j]
+            sub = sub_bb[sub_bb[m].notna()]
+            if not sub.empty:
+                sns.lineplot(sub, x="step", y=m, hue="short", hue_order=hues, palette=palette, units="seed",
+                             estimator=None, ax=ax, lw=1.2, legend=j == len(metrics) - 1)
+            ax.set_title(f"{bb} · {m.replace('_', ' ')}", fontsize=9)
+            ax.set_ylabel("")
+        leg = axes[i][-1].get_legend()
+        if leg is not None:
+            axes[i][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                               title=None)
+    fig.suptitle("training curves (one line per training seed)", fontsize=10)
+    fig.tight_layout(rect=(0, (key_h + 0.05) / fig.get_figheight(), 1, 1))
+    _key_text(fig, key_lines, 0.05)
     return _save(fig, stem)
 
 
@@ -634,6 +726,48 @@ def read_sheet(run: Run):
     except Exception as e:
         log.warning("skipping %s: unreadable sample sheet (%s)", sheet, " ".join(str(e).split())[:200])
         return None
+
+
+GRID_COLUMNS = 8          # columns per block of an image grid (base + 7 configurations); more wrap below
+
+
+def grid_figure(bb: str, keys: list, texts: dict, base_tiles: dict, cols: list, max_cols: int = GRID_COLUMNS):
+    """One backbone's image grid: blocks of at most max_cols columns (base, then configurations),
+    one row per (prompt, seed) in each block; further configurations wrap into the next block,
+    which repeats the base column. Column titles are short labels with a key below."""
+    plt, _ = _plt()
+    short, key_lines = short_labels([c[0] for c in cols], [c[2] for c in cols])
+    per = max(1, max_cols - 1)
+    blocks = [cols[i:i + per] for i in range(0, len(cols), per)] or [[]]
+    ncol = 1 + max(len(b) for b in blocks)
+    tile, gap = 1.5, 0.45                       # inches: a tile, the space for a block's column titles
+    key_h = 0.15 * len(key_lines) + (0.15 if key_lines else 0.0)
+    ratios = []
+    for b in range(len(blocks)):
+        ratios += ([gap / tile] if b else []) + [1.0] * len(keys)
+    fig = plt.figure(figsize=(tile * ncol + 2.8, tile * sum(ratios) + 0.7 + key_h))
+    gs = fig.add_gridspec(len(ratios), ncol, height_ratios=ratios, hspace=0.08, wspace=0.06,
+                          left=2.7 / fig.get_figwidth(), right=0.99, top=1 - 0.65 / fig.get_figheight(),
+                          bottom=(key_h + 0.05) / fig.get_figheight())
+    row = 0
+    for b, block in enumerate(blocks):
+        row += 1 if b else 0
+        titles = ["base"] + [short[c[0]] for c in block]
+        for i, k in enumerate(keys):
+            for j, (title, tiles) in enumerate(zip(titles, [base_tiles] + [c[1] for c in block])):
+                ax = fig.add_subplot(gs[row + i, j])
+                ax.imshow(tiles[k], interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(title, fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"{texts.get(k, k[0])}\n(seed {k[1]})", rotation=0, ha="right",
+                                  va="center", fontsize=7)
+        row += len(keys)
+    fig.suptitle(f"{bb}: base and each method, same prompt and seed", fontsize=9, y=1 - 0.12 / fig.get_figheight())
+    _key_text(fig, key_lines, 0.05)
+    return fig
 
 
 def image_grids(lb: pd.DataFrame, runs: list[Run], outdir: Path, prompts: list[str] | None = None,
@@ -673,34 +807,7 @@ def image_grids(lb: pd.DataFrame, runs: list[Run], outdir: Path, prompts: list[s
         if not keys:
             notes.append(f"image grid {bb}: the sample sheets share no (prompt, seed)")
             continue
-        plt, _ = _plt()
-        ncol = 1 + len(cols)
-        # a label longer than a tile is wide becomes "<method> [n]", spelled out in a key below
-        titles, key_lines = ["base"], []
-        for label, _, method in cols:
-            if len(label) <= 16:
-                titles.append(label)
-            else:
-                key_lines.append(f"[{len(key_lines) + 1}] {label}")
-                titles.append(f"{method} [{len(key_lines)}]")
-        key_h = 0.16 * len(key_lines)
-        fig, axes = plt.subplots(len(keys), ncol, figsize=(1.5 * ncol + 2.6, 1.5 * len(keys) + 0.4 + key_h),
-                                 squeeze=False)
-        for i, k in enumerate(keys):
-            for j, (title, tiles) in enumerate(zip(titles, [base_tiles] + [c[1] for c in cols])):
-                ax = axes[i][j]
-                ax.imshow(tiles[k], interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(title, fontsize=8)
-                if j == 0:
-                    ax.set_ylabel(f"{texts.get(k, k[0])}\n(seed {k[1]})", rotation=0, ha="right",
-                                  va="center", fontsize=7)
-        fig.suptitle(f"{bb}: base and each method, same prompt and seed", fontsize=9)
-        if key_lines:
-            fig.subplots_adjust(bottom=(key_h + 0.1) / fig.get_figheight())
-            fig.text(0.01, 0.01, "\n".join(key_lines), fontsize=7, va="bottom", ha="left")
+        fig = grid_figure(bb, keys, texts, base_tiles, cols)
         files += _save(fig, outdir / f"grid-{bb}")
     if not any_sheet:
         notes.append(f"image grids skipped: no job directory holds {SAMPLE_SHEET} "
@@ -771,7 +878,7 @@ def report(results_dir: Path, out: Path | None = None, prompts: list[str] | None
     fdir = out / "figures"
     figs.append(("Win rate vs base per scorer", fig_winrate_bars(lb, scorers, fdir / "winrates")))
     figs.append(("Shapes-world attributes", fig_attribute_heatmap(attribute_frame(lb, runs), fdir / "attributes")))
-    sens = fig_sensitivity(lb, runs, scorers, fdir)
+    sens = fig_sensitivity(lb, runs, scorers, fdir, notes=rep.notes)
     figs += [(f"Sensitivity: {p.stem.removeprefix('sensitivity-')}", [p, p.with_suffix('.pdf')])
              for p in sens if p.suffix == ".png"]
     if not sens:

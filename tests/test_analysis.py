@@ -485,3 +485,108 @@ def test_report_over_runs_with_different_scorer_sets(tmp_path):
     # gold pooled over the three dpo seeds (0.7, 0.4, 0.7); aesthetic over seeds 0 and 1 (0.4, 0.7)
     assert dpo["gold_win_rate"] == pytest.approx(0.6) and dpo["aesthetic_win_rate"] == pytest.approx(0.55)
     assert dpo["n_seeds"] == 3 and dpo["seeds"] == "0,1,2"
+
+
+# ----------------------------------------------------------------------------- readable figures (issue 18)
+
+FOUR_SCORERS = ["gold", "fidelity", "aesthetic", "preference"]
+
+
+def many_configs(n: int = 14, seed: int = 0) -> pd.DataFrame:
+    """A leaderboard with n configurations on one backbone (long ablation labels, as the paper specs'
+    BalancedDPO ablations make on tiny-sd15) and a few on another, win rates seeded."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for bb, k in (("tiny-sd15", n), ("tiny-sd21", 3)):
+        for i in range(k):
+            method = ["balanced_dpo", "dpo", "kto"][i % 3]
+            label = (f"{method} (aggregation=majority, beta={5000.0 + i}, ref_refresh_every={25 * i}, "
+                     f"voters=[\"fidelity\", \"aesthetic\", \"preference\"])") if bb == "tiny-sd15" else method
+            r = {"backbone": bb, "method": method, "label": label, "n_seeds": 1 + (i % 3 > 0)}
+            for s in FOUR_SCORERS:
+                w = float(rng.uniform(0.35, 0.65))
+                r |= {f"{s}_win_rate": w, f"{s}_ci_low": w - 0.04, f"{s}_ci_high": w + 0.04}
+            rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _boxes(fig, artists):
+    fig.canvas.draw()
+    rend = fig.canvas.get_renderer()
+    return [a.get_window_extent(rend) for a in artists if a.get_visible() and (not hasattr(a, "get_text") or a.get_text())]
+
+
+def _disjoint(boxes) -> list:
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_winrate_figure_with_14_configurations_is_faceted_and_nothing_covers_the_data():
+    import matplotlib.pyplot as plt
+    lb = many_configs(14)
+    fig = A.winrate_figure(lb, FOUR_SCORERS)
+    try:
+        data_axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert len(data_axes) == 2 * len(FOUR_SCORERS)                  # one panel per (backbone, scorer)
+        assert all(ax.get_legend() is None for ax in data_axes)    # no legend inside a panel
+        panels = _boxes(fig, data_axes)
+        legends = _boxes(fig, fig.legends)
+        assert legends and not [1 for lg in legends for p in panels if lg.overlaps(p)]
+        # every configuration is a labelled row; labels short, pairwise apart, spelled out in the key
+        first = data_axes[0]
+        ticks = [t for t in first.get_yticklabels() if t.get_text()]
+        assert len(ticks) == 14
+        assert max(len(t.get_text()) for t in ticks) <= A.SHORT_LABEL + 5
+        assert not _disjoint(_boxes(fig, ticks))
+        key = "\n".join(t.get_text() for t in fig.texts)
+        assert all(lab in key for lab in lb.label if len(lab) > A.SHORT_LABEL)
+        assert not [1 for k in _boxes(fig, fig.texts) for p in panels + legends if k.overlaps(p)]
+        # titles of the panels and the figure title apart
+        titles = [ax.title for ax in data_axes] + [fig._suptitle]
+        assert not _disjoint(_boxes(fig, titles))
+    finally:
+        plt.close(fig)
+
+
+def test_short_labels_number_the_same_config_alike_and_keep_short_ones():
+    short, key = A.short_labels(["sft", "dpo (beta=5000.0, caption_dropout=0.2)", "sft",
+                                 "dpo (beta=5000.0, caption_dropout=0.2)", "kto (beta=1000.0, desirable=0.8)"],
+                                ["sft", "dpo", "sft", "dpo", "kto"])
+    assert short == {"sft": "sft", "dpo (beta=5000.0, caption_dropout=0.2)": "dpo [1]",
+                     "kto (beta=1000.0, desirable=0.8)": "kto [2]"}
+    assert key == ["[1] dpo (beta=5000.0, caption_dropout=0.2)", "[2] kto (beta=1000.0, desirable=0.8)"]
+
+
+def test_image_grid_with_14_configurations_wraps_and_titles_do_not_overlap():
+    import matplotlib.pyplot as plt
+    lb = many_configs(14)
+    g = lb[lb.backbone == "tiny-sd15"]
+    rng = np.random.default_rng(0)
+    keys = [(f"p{i}", 0) for i in range(3)]
+    tiles = lambda: {k: rng.random((16, 16, 3)) for k in keys}       # noqa: E731
+    cols = [(r.label, tiles(), r.method) for r in g.itertuples()]
+    fig = A.grid_figure("tiny-sd15", keys, {k: f"prompt {k[0]}" for k in keys}, tiles(), cols)
+    try:
+        titled = [ax for ax in fig.axes if ax.get_title()]
+        # 14 configurations + base wrap into blocks of <= GRID_COLUMNS columns, each starting with base
+        blocks = [ax.get_title() for ax in titled]
+        assert blocks.count("base") == 2 and len(blocks) == 14 + 2
+        assert all(len(chunk) <= A.GRID_COLUMNS for chunk in _split_at_base(blocks))
+        assert len(fig.axes) == (14 + 2) * len(keys)
+        titles = [ax.title for ax in titled] + [fig._suptitle]
+        assert not _disjoint(_boxes(fig, titles))
+        tiles_boxes = _boxes(fig, fig.axes)
+        assert not [1 for t in _boxes(fig, titles) for a in tiles_boxes if t.overlaps(a)]
+        key = "\n".join(t.get_text() for t in fig.texts)
+        assert all(lab in key for lab in g.label)
+        assert not [1 for k in _boxes(fig, fig.texts) for a in tiles_boxes if k.overlaps(a)]
+    finally:
+        plt.close(fig)
+
+
+def _split_at_base(titles: list[str]) -> list[list[str]]:
+    out = []
+    for t in titles:
+        if t == "base":
+            out.append([])
+        out[-1].append(t)
+    return out

@@ -9,7 +9,7 @@ import torch
 from bench import runner
 from bench.registry import METHODS
 
-SMOKE_METHODS = ["ipo"]
+SMOKE_METHODS = ["ipo", "mapo"]
 
 
 # ---------------------------------------------------------------- IPO
@@ -56,6 +56,52 @@ def test_ipo_pulls_the_margin_towards_the_target_from_both_sides():
         # d loss / d e_w = -2 (logits - target): > 0 below the target (a step lowers e_w), < 0 above it
         assert torch.sign(err.grad[0]).item() == sign
         assert err.grad[1].item() == pytest.approx(-err.grad[0].item())
+
+
+# ---------------------------------------------------------------- MaPO
+
+def _f(e, s=0.5):
+    return s * e / (math.exp(s * e) - 1)
+
+
+def test_mapo_loss_on_hand_computed_numbers():
+    from methods.mapo import MaPO, MaPOConfig
+    # winners first: pair 1 (0.100, 0.101), pair 2 (0.300, 0.2995)
+    err = torch.tensor([0.100, 0.300, 0.101, 0.2995], dtype=torch.float64)
+    loss, m = MaPO(MaPOConfig()).loss(err, None, timesteps=1000)
+    # f(0.1) = 0.05 / (e^0.05 - 1) = 0.97520812..., f(0.101) = 0.97496..., T = 1000
+    d1 = 1000 * (_f(0.100) - _f(0.101))               # +0.2477...
+    d2 = 1000 * (_f(0.300) - _f(0.2995))              # -0.1233...
+    logsig = lambda x: -math.log1p(math.exp(-x))       # noqa: E731
+    expected = (0.100 + 0.300) / 2 - 0.1 * (logsig(d1) + logsig(d2)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert _f(0.1) == pytest.approx(0.9752081, abs=1e-6)
+    assert m["implicit_acc"].item() == 0.5
+    # beta and snr_value are the code's defaults, and `timesteps` overrides T
+    loss10, _ = MaPO(MaPOConfig(timesteps=10)).loss(err, None, timesteps=1000)
+    expected10 = 0.2 - 0.1 * (logsig(d1 / 100) + logsig(d2 / 100)) / 2
+    assert loss10.item() == pytest.approx(expected10, abs=1e-6)
+
+
+def test_mapo_needs_no_reference_and_reads_T_from_the_scheduler():
+    from types import SimpleNamespace
+    from methods.mapo import MaPO, MaPOConfig, margin_score
+    method = MaPO(MaPOConfig())
+    assert method.needs_reference is False and method.feedback == "pairs"
+    err = torch.tensor([0.2, 0.21])
+    ctx = SimpleNamespace(backbone=SimpleNamespace(noise_scheduler=SimpleNamespace(
+        config=SimpleNamespace(num_train_timesteps=50))))
+    via_ctx, _ = method.batch_loss(err, None, None, ctx)
+    assert via_ctx.item() == pytest.approx(method.loss(err, None, timesteps=50)[0].item())
+    assert via_ctx.item() != pytest.approx(method.loss(err, None, timesteps=1000)[0].item())
+    assert margin_score(torch.tensor([0.0]), 0.5).item() == 1.0          # the limit, not 0/0
+
+
+def test_mapo_gradient_lowers_the_winner_and_raises_the_loser():
+    from methods.mapo import MaPO, MaPOConfig
+    err = torch.tensor([0.2, 0.2], requires_grad=True)
+    MaPO(MaPOConfig()).loss(err, None, timesteps=1000)[0].backward()
+    assert err.grad[0] > 0 > err.grad[1]
 
 
 # ---------------------------------------------------------------- every new method: list and run

@@ -9,7 +9,7 @@ import torch
 from bench import runner
 from bench.registry import METHODS
 
-SMOKE_METHODS = ["ipo", "mapo"]
+SMOKE_METHODS = ["ipo", "mapo", "sdpo"]
 
 
 # ---------------------------------------------------------------- IPO
@@ -102,6 +102,154 @@ def test_mapo_gradient_lowers_the_winner_and_raises_the_loser():
     err = torch.tensor([0.2, 0.2], requires_grad=True)
     MaPO(MaPOConfig()).loss(err, None, timesteps=1000)[0].backward()
     assert err.grad[0] > 0 > err.grad[1]
+
+
+# ---------------------------------------------------------------- Diffusion-SDPO
+
+def test_sdpo_scale_on_hand_computed_numbers():
+    from methods.sdpo import safeguard_scale
+    g_w = torch.tensor([1.0, 0.0])
+    # g_l . g_w = 1, ||g_w||^2 = 1: lambda = (1 - 0.9) * 1 / 1 = 0.1
+    assert safeguard_scale(g_w, torch.tensor([1.0, 1.0]), mu=0.9).item() == pytest.approx(0.1, abs=1e-6)
+    # mu = 0.6 and g_l . g_w = 4: lambda = 0.4 / 4 = 0.1
+    assert safeguard_scale(g_w, torch.tensor([4.0, -3.0]), mu=0.6).item() == pytest.approx(0.1, abs=1e-6)
+    # opposed gradients: no limit, lambda = max_scale
+    assert safeguard_scale(g_w, torch.tensor([-1.0, 2.0]), mu=0.9).item() == 1.0
+    # a bound above max_scale is clipped: 0.1 / 0.05 = 2 -> 1
+    assert safeguard_scale(g_w, torch.tensor([0.05, 0.0]), mu=0.9).item() == 1.0
+
+
+def test_sdpo_loss_value_is_dpo_and_only_the_losers_gradient_is_scaled():
+    from methods.dpo import DPO, DPOConfig
+    from methods.sdpo import SDPO, SDPOConfig
+    ref = torch.tensor([0.12, 0.20, 0.29, 0.25])
+    grads = {}
+    for name, method, kw in (("dpo", DPO(DPOConfig()), {}), ("sdpo", SDPO(SDPOConfig()), {"scale": 0.25})):
+        err = torch.tensor([0.10, 0.20, 0.30, 0.25], requires_grad=True)
+        loss, m = method.loss(err, ref, **kw)
+        # same hand-computed value as Diffusion-DPO: insides 75 and 0
+        expected = (math.log1p(math.exp(-75.0)) + math.log(2)) / 2
+        assert loss.item() == pytest.approx(expected, abs=1e-6)
+        loss.backward()
+        grads[name] = err.grad.clone()
+    assert torch.allclose(grads["sdpo"][:2], grads["dpo"][:2])
+    assert torch.allclose(grads["sdpo"][2:], 0.25 * grads["dpo"][2:])
+    # pair 2 (inside 0): d loss / d e_w = (2500 / 2) * sigmoid(0) = 625 (mean over 2 pairs)
+    assert grads["sdpo"][1].item() == pytest.approx(625.0, rel=1e-6)
+    assert grads["sdpo"][3].item() == pytest.approx(-0.25 * 625.0, rel=1e-6)
+
+
+class _ToyBackbone:
+    """pred = unet(x) on x = the latents themselves; target = the shared noise."""
+    noise_scheduler = type("S", (), {"add_noise": staticmethod(lambda lat, noise, t: lat)})()
+
+    @staticmethod
+    def predict(unet, x, t, cond):
+        return unet(x)
+
+    @staticmethod
+    def target(lat, noise, t):
+        return noise
+
+
+class _Shift(torch.nn.Module):
+    """Identity Jacobian: pred = x + theta (output space == parameter space)."""
+    def __init__(self, shape):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x):
+        return x + self.theta
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, d, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin = torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)).view_as(x)
+
+
+def _toy_step(method, unet, lat, noise, ref_err):
+    from bench.train import StepContext, per_sample_error
+    t = torch.zeros(len(lat), dtype=torch.long)
+    err = per_sample_error(_ToyBackbone, unet, lat, noise, t, {})
+    ctx = StepContext(_ToyBackbone, unet, None, lat, noise, t, {}, step=0)
+    loss, m = method.batch_loss(err, ref_err, None, ctx)
+    return err, loss, m
+
+
+def _winner_error(unet, lat, noise):
+    return (unet(lat[:1]) - noise[:1]).pow(2).mean()
+
+
+@pytest.mark.parametrize("space", ["output", "parameter"])
+def test_sdpo_keeps_the_winners_error_from_rising_where_dpo_raises_it(space):
+    """One pair whose loser residual points the winner's way, twice as long: a DPO step raises the
+    winner's error; SDPO's scaled step lowers it, by mu * ||g_w||^2 per unit step to first order."""
+    from methods.dpo import DPO, DPOConfig
+    from methods.sdpo import SDPO, SDPOConfig
+    noise = torch.zeros(1, 2, 2, 2).repeat(2, 1, 1, 1)
+    r_w = torch.tensor([1.0, -0.5, 0.2, 0.3, -0.1, 0.4, 0.0, 0.6]).view(1, 2, 2, 2)
+    lat = torch.cat([r_w, 2 * r_w + 0.05])                # residuals at theta = 0
+    ref_err = lat.pow(2).mean(dim=(1, 2, 3))               # reference == policy at theta = 0
+    outcomes = {}
+    for name, method in (("dpo", DPO(DPOConfig())), ("sdpo", SDPO(SDPOConfig(space=space)))):
+        unet = _Shift((1, 2, 2, 2))
+        err, loss, m = _toy_step(method, unet, lat, noise, ref_err)
+        step = torch.autograd.grad(loss, unet.theta)[0]
+        g_w = torch.autograd.grad(_winner_error(unet, lat, noise), unet.theta)[0]
+        before = _winner_error(unet, lat, noise).item()
+        with torch.no_grad():
+            unet.theta -= 1e-6 * step                      # a small SGD step
+        outcomes[name] = (_winner_error(unet, lat, noise).item() - before, (step * g_w).sum().item(),
+                          g_w.pow(2).sum().item(), m)
+    d_dpo, dot_dpo, _, _ = outcomes["dpo"]
+    d_sdpo, dot_sdpo, gw2, m = outcomes["sdpo"]
+    assert dot_dpo < 0 and d_dpo > 0                       # plain DPO: the winner's error rises
+    assert dot_sdpo > 0 and d_sdpo < 0                     # SDPO: it falls
+    # first order: step . g_w = k * (1 - lambda * g_l.g_w / ||g_w||^2) * ||g_w||^2 = k * mu * ||g_w||^2,
+    # k = d loss / d e_w (the step's weight on the winner), here 2500 * sigmoid(-inside)
+    inside = -2500 * ((err[0] - ref_err[0]) - (err[1] - ref_err[1])).item()
+    k = 2500 / (1 + math.exp(inside))
+    assert dot_sdpo == pytest.approx(k * 0.9 * gw2, rel=1e-4)
+    r_l = 2 * r_w + 0.05
+    expected_lam = 0.1 * r_w.pow(2).sum() / (r_w * r_l).sum()
+    assert m["loser_scale"].item() == pytest.approx(expected_lam.item(), rel=1e-5)
+
+
+def test_sdpo_parameter_space_guarantee_on_a_linear_model():
+    """Non-identity Jacobian: in parameter space the rule is exact for one pair:
+    grad(loss) . grad(e_w) = k * mu * ||grad(e_w)||^2 whenever the bound is active."""
+    from methods.sdpo import SDPO, SDPOConfig
+    torch.manual_seed(1)
+    noise = torch.randn(1, 2, 2, 2).repeat(2, 1, 1, 1)
+    lat_w = torch.randn(1, 2, 2, 2)
+    lat = torch.cat([lat_w, lat_w + 0.01 * torch.randn(1, 2, 2, 2)])   # near-identical: aligned gradients
+    unet = _Linear(8)
+    with torch.no_grad():
+        ref_err = (unet(lat) - noise).pow(2).mean(dim=(1, 2, 3)) + torch.tensor([0.0, 1e-4])
+    err, loss, m = _toy_step(SDPO(SDPOConfig(space="parameter", mu=0.5)), unet, lat, noise, ref_err)
+    params = list(unet.parameters())
+    step = torch.autograd.grad(loss, params, retain_graph=True)
+    g_w = torch.autograd.grad(err[0], params)
+    dot = sum((a * b).sum() for a, b in zip(step, g_w)).item()
+    gw2 = sum(b.pow(2).sum() for b in g_w).item()
+    assert 0 < m["loser_scale"].item() < 1                 # the bound is active
+    inside = -2500 * ((err[0] - ref_err[0]) - (err[1] - ref_err[1])).item()
+    k = 2500 / (1 + math.exp(inside))
+    assert dot == pytest.approx(k * 0.5 * gw2, rel=1e-3)
+
+
+def test_sdpo_rejects_bad_options():
+    from bench.registry import BenchError
+    from methods.sdpo import SDPO, SDPOConfig
+    with pytest.raises(BenchError, match="unknown method.space 'weights'"):
+        SDPO(SDPOConfig(space="weights"))
+    with pytest.raises(BenchError, match=r"method.mu must lie in \[0, 1\], got 1.5"):
+        SDPO(SDPOConfig(mu=1.5))
 
 
 # ---------------------------------------------------------------- every new method: list and run

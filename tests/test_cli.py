@@ -91,7 +91,7 @@ def tree(root):
     return out
 
 
-M = "error: unknown method 'dpoo'; valid: balanced_dpo, base, cpo, dpo, kto, sft"
+M = "error: unknown method 'dpoo'; valid: balanced_dpo, base, cpo, dpo, ipo, kto, mapo, sdpo, sft"
 BAD_INPUTS = [
     # unknown names (checked before Hydra composes anything)
     (["run", "method=dpoo"], M),

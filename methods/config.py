@@ -1,7 +1,8 @@
 """Every method's config dataclass (its `method.*` keys), importable without torch: `bench run`
 validates a config and `bench list` / `run --help` name the methods without importing the
 method modules (methods/__init__.py declares each with its config). Each method module sets its
-class's `Config` to the dataclass here."""
+class's `Config` to the dataclass here. A self-registering method (methods/__init__.py) keeps its
+config dataclass in its own module instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,6 +4,7 @@ commands that only read the config answer without importing torch."""
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,7 @@ def tree(root):
     return out
 
 
-M = "error: unknown method 'dpoo'; valid: balanced_dpo, base, cpo, dpo, kto, sft"
+M = "error: unknown method 'dpoo'; valid: balanced_dpo, base, cpo, dpo, ipo, kto, mapo, sdpo, sft"
 BAD_INPUTS = [
     # unknown names (checked before Hydra composes anything)
     (["run", "method=dpoo"], M),
@@ -242,6 +243,74 @@ def test_each_method_declaration_matches_its_class(name):
     cls = METHODS.get(name)                  # imports the method's module
     assert cls.Config is config
     assert cls.__doc__.strip().splitlines()[0] == summary
+
+
+PLANTED = '''"""A method module planted by tests/test_cli.py in a temporary folder."""
+from dataclasses import dataclass
+
+from bench.lazy import torch
+from bench.method import Method
+from bench.registry import METHODS, MethodConfig
+
+
+@dataclass
+class PlantedConfig(MethodConfig):
+    beta: float = 7.0
+
+
+@METHODS.register("planted")
+class Planted(Method):
+    """Planted: a one-file method that methods/__init__.py finds by itself."""
+    Config = PlantedConfig
+
+    def loss(self, err, ref_err):
+        return torch.as_tensor(err).mean(), {}
+'''
+
+FIND_PLANTED = """
+import contextlib, io, json, sys
+import methods
+methods.__path__.append(sys.argv[1])
+methods.import_self_registering()
+from bench.cli import main
+codes, outs = [], []
+for args in (["list"], ["run", "method=planted", "method.beta=-1"], ["run", "method=planted", "+method.typo=1"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            codes.append(main(args))
+        except SystemExit as e:
+            codes.append(e.code)
+    outs.append(out.getvalue())
+print(json.dumps({"codes": codes, "outs": outs, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_method_module_registers_itself_without_any_other_file(tmp_path):
+    """A new module in methods/ that the declaration table does not name is imported by
+    methods/__init__.py: `bench list` shows it with its docstring, config validation knows its keys,
+    and neither imports torch."""
+    (tmp_path / "planted.py").write_text(PLANTED)
+    (tmp_path / "_helper.py").write_text("raise RuntimeError('a _module is not a method')\n")
+    env = {**os.environ, "DIFFPREF_CACHE": str(tmp_path / "cache"), "PYTHONPATH": ROOT}
+    p = subprocess.run([sys.executable, "-c", FIND_PLANTED, str(tmp_path)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["codes"] == [0, 2, 2], res["outs"]
+    assert re.search(r"^  planted +Planted: a one-file method that methods/__init__.py finds by itself\.$",
+                     res["outs"][0], re.M)
+    assert "method.beta must be a finite number > 0, got -1.0" in res["outs"][1]
+    assert "unknown key 'method.typo'; valid keys of method: name, beta" in res["outs"][2]
+    assert res["torch"] is False
+
+
+def test_every_module_of_methods_holds_a_method():
+    import pkgutil
+    homes = {METHODS._declared[n][0] if n in METHODS._declared else METHODS.get(n).__module__
+             for n in METHODS.names()}
+    mods = {f"methods.{m.name}" for m in pkgutil.iter_modules(methods.__path__)} - {"methods.config"}
+    assert mods <= homes
 
 
 LIGHT = """

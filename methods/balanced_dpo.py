@@ -30,6 +30,7 @@ from bench.feedback import VoteData
 from bench.registry import METHODS, BenchError
 from bench.method import Method
 from methods.config import BalancedDPOConfig
+from methods.dpo import dpo_margin
 
 AGGREGATIONS = ("majority", "random_scorer", "vanilla_sum", "normalized_sum")
 TIE_RULES = ("skip", "annotator", "margin")
@@ -110,15 +111,14 @@ class BalancedDPO(Method):
     def loss(self, err, ref_err, weights=None):
         e_w, e_l = err.chunk(2)
         r_w, r_l = ref_err.chunk(2)
-        scale = self.cfg.beta * (0.5 if self.cfg.half else 1.0)
-        inside = -scale * ((e_w - r_w) - (e_l - r_l))
+        inside = dpo_margin(e_w, e_l, r_w, r_l, self.cfg.beta, self.cfg.half)
         losses = -F.logsigmoid(inside)
         if weights is None:
             loss = losses.mean()
         else:
             loss = (weights * losses).sum() / weights.sum().clamp(min=1e-12)
         return loss, {"implicit_acc": (inside > 0).float().mean(),
-                      "reward_margin": (-scale * ((e_w - r_w) - (e_l - r_l))).mean().detach()}
+                      "reward_margin": inside.mean().detach()}
 
     def batch_loss(self, err, ref_err, batch, ctx):
         return self.loss(err, ref_err, batch.weights)

@@ -48,6 +48,7 @@ from bench.data import PairData
 from bench.feedback import AttributeData, ImageData, pairs_from_images
 from bench.registry import METHODS, BenchError
 from bench.method import Method
+from methods.dpo import dpo_margin
 from bench.train import train
 from methods.config import CPOConfig
 
@@ -109,8 +110,7 @@ def cpo_loss(err: torch.Tensor, anchor_w: torch.Tensor, anchor_l: torch.Tensor, 
     winner / loser for attribute k's term; diff: (B, K) d_k in {-1, 0, 1} (winner's view);
     weights: (K,) tree weights."""
     e_w, e_l = err.chunk(2)
-    scale = beta * (0.5 if half else 1.0)
-    u = -scale * ((e_w[:, None] - anchor_w) - (e_l[:, None] - anchor_l))
+    u = dpo_margin(e_w[:, None], e_l[:, None], anchor_w, anchor_l, beta, half)
     wk = weights[None, :] * diff.abs()
     per_pair = (wk * -F.logsigmoid(diff * u)).sum(1) / wk.sum(1).clamp(min=1e-12)
     on = diff != 0

@@ -13,6 +13,18 @@ from bench.method import Method
 from methods.config import DPOConfig
 
 
+def dpo_scale(beta: float, half: bool) -> float:
+    """beta/2 in the official form (train.py), beta in the diffusers port's form (half=False)."""
+    return beta * (0.5 if half else 1.0)
+
+
+def dpo_margin(e_w, e_l, a_w, a_l, beta: float, half: bool = True):
+    """The implicit reward margin every DPO-family loss is built on:
+    -scale * [(e_w - a_w) - (e_l - a_l)], with a the anchor's errors (the reference's for DPO,
+    an attribute-conditioned model's for CPO). Shapes broadcast."""
+    return -dpo_scale(beta, half) * ((e_w - a_w) - (e_l - a_l))
+
+
 @METHODS.register("dpo")
 class DPO(Method):
     """Diffusion-DPO: pairwise preference loss against a frozen reference, beta = 5000."""
@@ -23,8 +35,8 @@ class DPO(Method):
     def loss(self, err, ref_err):
         e_w, e_l = err.chunk(2)
         r_w, r_l = ref_err.chunk(2)
-        scale = self.cfg.beta * (0.5 if self.cfg.half else 1.0)
-        inside = -scale * ((e_w - r_w) - (e_l - r_l))
+        scale = dpo_scale(self.cfg.beta, self.cfg.half)
+        inside = dpo_margin(e_w, e_l, r_w, r_l, self.cfg.beta, self.cfg.half)
         loss = -F.logsigmoid(inside).mean()
         reward_w, reward_l = -scale * (e_w - r_w), -scale * (e_l - r_l)
         return loss, {"implicit_acc": (inside > 0).float().mean(),

@@ -83,11 +83,11 @@ class SDPO(Method):
         e_w, e_l = err.chunk(2)
         r_w, r_l = ref_err.chunk(2)
         e_l = e_l.detach() + scale * (e_l - e_l.detach())
-        k = self.cfg.beta * (0.5 if self.cfg.half else 1.0)
-        inside = -k * ((e_w - r_w) - (e_l - r_l))
+        from methods.dpo import dpo_margin       # here: importing this module must not import torch
+        inside = dpo_margin(e_w, e_l, r_w, r_l, self.cfg.beta, self.cfg.half)
         loss = -torch.nn.functional.logsigmoid(inside).mean()
         return loss, {"implicit_acc": (inside > 0).float().mean(),
-                      "reward_margin": (-k * ((e_w - r_w) - (e_l - r_l))).mean().detach(),
+                      "reward_margin": inside.mean().detach(),
                       "loser_scale": torch.as_tensor(scale, dtype=torch.float32).detach(),
                       "model_err_w": e_w.mean().detach(), "ref_err_w": r_w.mean().detach()}
 

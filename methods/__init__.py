@@ -31,15 +31,16 @@ _DECLARED = [
      "BalancedDPO-style: majority vote of proxy scorers per pair, DPO loss, refreshed reference."),
     ("cpo", CPOConfig, "CPO (suite formulation): attribute-tree DPO anchored on an attribute-conditioned SFT model."),
 ]
+_MODULES = {"base": "untrained"}    # the untrained baseline, named "base" in configs and results
 for _name, _config, _summary in _DECLARED:
-    METHODS.declare(_name, f"methods.{_name}", _summary, _config)
+    METHODS.declare(_name, f"methods.{_MODULES.get(_name, _name)}", _summary, _config)
 
 NOT_METHODS = {"config"}          # modules of this package that hold no method
 
 
 def self_registering_modules() -> list[str]:
     """The package's modules that register their method at import (not in the table above)."""
-    declared = {name for name, _, _ in _DECLARED}
+    declared = {_MODULES.get(name, name) for name, _, _ in _DECLARED}
     return sorted(m.name for m in pkgutil.iter_modules(__path__)
                   if m.name not in declared and m.name not in NOT_METHODS and not m.name.startswith("_"))
 

@@ -4,6 +4,6 @@ from bench.method import Method
 
 
 @METHODS.register("base")
-class Base(Method):
+class Untrained(Method):
     """No training: the pretrained backbone itself (every win rate is against this row)."""
     feedback = "none"

@@ -37,7 +37,8 @@ NOT_IDENTITY = {"train": ("checkpoint_every", "gradient_checkpointing")}
 # Options added after jobs were committed, as (path, default): at their defaults they are left out
 # of the identity, so adding an option renames no finished job; any other value is part of it.
 ADDED_OPTIONS = [(("train", "ref_draws"), 0), (("train", "ref_draw_seed"), 0), (("data", "generators"), ["base"]),
-                 (("train", "mixed_precision"), "no"), (("train", "optimizer"), "adamw"), (("train", "scale_lr"), False)] + [
+                 (("train", "mixed_precision"), "no"), (("train", "optimizer"), "adamw"), (("train", "scale_lr"), False),
+                 (("method", "attributes_file"), None)] + [
     (("data", k), v) for k, v in (("split", "train"), ("num_workers", 0), ("shuffle_buffer", 1000),
                                   ("random_crop", False), ("hflip", True), ("latent_cache", "none"),
                                   ("on_corrupt", "error"))] + [

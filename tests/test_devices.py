@@ -11,6 +11,7 @@ from bench.devices import Precision, job_device, place
 from bench.registry import METHODS, BenchError
 from bench.train import Batch, _micro_step, learning_rate, setup_policy, train
 import methods  # noqa: F401
+from tests.test_scorers_real import clip_tokenizer, pickscore_dirs  # noqa: F401  (fixtures)
 
 
 def backbone(path):
@@ -111,3 +112,15 @@ def test_unknown_precision_or_optimizer_is_one_line():
     from bench.config import check_config
     with pytest.raises(BenchError, match="unknown train.optimizer 'sgd'; valid: adamw, adamw8bit, adafactor"):
         check_config(TrainConfig(optimizer="sgd"))
+
+
+def test_real_scorers_default_to_the_jobs_device(pickscore_dirs):
+    """A real scorer with device=auto (the default) computes on the process's accelerate device."""
+    from bench.devices import placement
+    from bench.evaluate import get_scorer
+    model, proc = pickscore_dirs
+    sc = get_scorer("pickscore", {"model": str(model), "processor": str(proc)})
+    assert sc.device == job_device()
+    sc.score(torch.rand(2, 3, 24, 24), ["a red cat", "two blue dogs"])
+    where = placement({"pickscore": sc._model.model})
+    assert where["pickscore"]["devices"] == [str(job_device())]

@@ -36,7 +36,6 @@ import html
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bench import statistics as st
+from bench.files import atomic, write_text
 from bench.registry import BenchError
 from bench.results import (SAMPLE_INDEX, SAMPLE_SHEET, Run, config_key, flat_identity, leaderboard, load_runs, pooled_scores,
                            short_keys, varying_keys, vs_base, write_leaderboard)
@@ -457,11 +457,10 @@ def _save(fig, stem: Path) -> list[Path]:
     out = []
     for ext in ("png", "pdf"):
         p = stem.with_suffix(f".{ext}")
-        tmp = p.with_name(f"{p.stem}.tmp{os.getpid()}.{ext}")
         # no creation date in PDFs, so a regenerated report leaves committed files byte-identical
         meta = {"CreationDate": None} if ext == "pdf" else None
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=meta)
-        os.replace(tmp, p)
+        with atomic(p, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=meta)
         out.append(p)
     import matplotlib.pyplot as plt
     plt.close(fig)
@@ -827,10 +826,7 @@ class ReportOutput:
 
 
 def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
     return path
 
 

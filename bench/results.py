@@ -15,7 +15,8 @@ import logging
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -176,6 +177,36 @@ class Run:
 
 
 RESULT_KEYS = ("backbone", "method", "identity", "scorers", "budget", "provenance", "wall_s")
+# result.json's schema version. 1: `schema` itself, `training` (device, precision, optimizer,
+# effective lr, placement) and `config.weights_fingerprint` where weights come from a path.
+# Files without `schema` (version 0, every job committed before it) have the same other fields.
+RESULT_SCHEMA = 1
+
+
+@dataclass
+class ResultRecord:
+    """What one job writes to result.json (bench.runner), field by field."""
+    job: str                       # the job hash (bench.results.job_hash)
+    backbone: str
+    method: str
+    identity: dict                 # the hashed part of the config
+    config: dict                   # the fully resolved config
+    provenance: dict               # git sha + dirty flag, package versions, python, platform, device
+    wall_s: dict                   # seconds per stage
+    peak_rss_mb: float
+    budget: dict                   # optimizer steps x batch
+    data: dict                     # what the method trained on
+    scorers: dict                  # per scorer: mean/std/n, base mean, vs_base win rate with CI
+    attributes: dict               # judge attribute rates, model and base
+    train_history: list
+    training: dict = field(default_factory=dict)    # device, precision, optimizer, lr, placement
+    schema: int = RESULT_SCHEMA
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if not out["training"]:
+            del out["training"]
+        return out
 
 
 def load_runs(results_dir: Path | None, problems: list[str] | None = None,
@@ -212,6 +243,9 @@ def _load_run(d: Path) -> Run:
         res = json.loads(rj.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _BadRun(rj, f"corrupt result.json ({e})") from None
+    if isinstance(res, dict) and int(res.get("schema", 0)) > RESULT_SCHEMA:
+        raise _BadRun(rj, f"result.json schema {res['schema']} is newer than this code's ({RESULT_SCHEMA}); "
+                          "update diffpref-bench")
     if not isinstance(res, dict) or any(k not in res for k in RESULT_KEYS):
         missing = [k for k in RESULT_KEYS if not isinstance(res, dict) or k not in res]
         raise _BadRun(rj, f"result.json lacks {', '.join(missing)}")

@@ -41,7 +41,7 @@ from bench.evaluate import attribute_summary, attribute_table, get_scorer, score
 from bench.statistics import win_rate
 from bench.locks import exclusive, load_entry, making, shared_chunks
 from bench.registry import BACKBONES, METHODS, BenchError
-from bench.results import is_complete, job_dir, job_hash, job_identity, provenance, write_job
+from bench.results import ResultRecord, is_complete, job_dir, job_hash, job_identity, provenance, write_job
 from bench.results import write_sample_sheet
 from bench.sample import generate
 from bench.checkpoint import RESUME_DIR
@@ -222,20 +222,15 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
                              "vs_base": st}
     times["score"] = time.time() - t
     times["total"] = time.time() - t0
-    result = {
-        "job": job_hash(plain), "backbone": backbone.name, "method": job.method.name,
-        "identity": job_identity(plain), "config": plain, "provenance": provenance(device_record(device)),
-        "wall_s": times,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "budget": {"steps": job.train.steps if method.feedback != "none" else 0,
-                   "batch_size": job.train.batch_size,
-                   "examples": job.train.steps * job.train.batch_size if method.feedback != "none" else 0},
-        "data": data_info, "scorers": scorer_info,
-        "attributes": {"model": attribute_summary(attrs), "base": attribute_summary(base_attrs)},
-        "train_history": history,
-    }
-    if train_info:      # where training ran: device, precision, optimizer, effective lr, placement
-        result["training"] = train_info
+    result = ResultRecord(
+        job=job_hash(plain), backbone=backbone.name, method=job.method.name, identity=job_identity(plain),
+        config=plain, provenance=provenance(device_record(device)), wall_s=times,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        budget={"steps": job.train.steps if method.feedback != "none" else 0, "batch_size": job.train.batch_size,
+                "examples": job.train.steps * job.train.batch_size if method.feedback != "none" else 0},
+        data=data_info, scorers=scorer_info,
+        attributes={"model": attribute_summary(attrs), "base": attribute_summary(base_attrs)},
+        train_history=history, training=train_info).to_dict()
     write_job(out, result, df, OmegaConf.to_yaml(cfg))
     # the job is complete: its resumable training state is no longer needed (the final policy
     # weights stay in the checkpoint directory)

@@ -41,6 +41,17 @@ def test_weights_replaced_in_place_rename_the_job_and_resample_the_base(tmp_path
             "method=base", "eval.max_prompts=2", "eval.seeds_per_prompt=1", "eval.n_bootstrap=100", "progress=false"]
     first = runner.run_job(compose_cfg(*args))
     rec = json.loads((first / "result.json").read_text())
+    # the typed, versioned record (bench.results.ResultRecord); method=base trains nothing
+    import dataclasses
+    from bench.results import RESULT_SCHEMA, ResultRecord, load_runs
+    assert rec["schema"] == RESULT_SCHEMA == 1
+    assert set(rec) == {f.name for f in dataclasses.fields(ResultRecord)} - {"training"}
+    newer = tmp_path / "newer" / "runs" / first.name
+    shutil.copytree(first, newer)
+    (newer / "result.json").write_text(json.dumps({**rec, "schema": 99}))
+    problems = []
+    assert load_runs(tmp_path / "newer", problems) == []
+    assert len(problems) == 1 and "schema 99 is newer than this code's (1)" in problems[0]
     assert rec["config"]["weights_fingerprint"]["weights"] == fingerprint(weights)
     assert runner.run_job(compose_cfg(*args)) == first              # unchanged weights: complete, skipped
     # the UNet replaced in place (same file names and sizes, other values)

@@ -369,9 +369,10 @@ def validate(cfg: DictConfig) -> JobConfig:
         raise BenchError(f"method={job.method.name} on {job.data.path} needs per-image attribute annotations: set "
                          "method.attributes_file=<attributes.json> (format: docs/methods.md, 'CPO attribute file')")
     check_backbone_paths(job.backbone)
-    if hasattr(job.backbone, "model_id") and job.preset is None and job.train.steps == TrainConfig.steps:
-        log.warning("backbone %s trains with the embedded world's trainer defaults (train.lr=%g, %d steps x %d); "
-                    "+preset=NAME applies a paper's recipe (python -m bench list)", job.backbone.name,
+    if hasattr(job.backbone, "model_id") and job.preset is None:
+        log.warning("backbone %s without a preset: train.* are the embedded world's defaults unless set "
+                    "(now lr=%g, %d steps x %d); +preset=NAME applies a paper's recipe (python -m bench list)",
+                    job.backbone.name,
                     job.train.lr, job.train.steps, job.train.batch_size)
     for key, where in (("paths.results", job.paths.results), ("paths.cache", job.paths.cache)):
         check_writable(Path(where), key)

@@ -95,8 +95,8 @@ def cmd_list() -> None:
         print(f"{reg.kind}s:")
         for name, doc in reg.describe():
             print(f"  {name:14s} {doc}")
-    from bench import datasets as D
-    for title, table in (("pair datasets (bench.datasets.load_pairs)", D.PAIR_SOURCES), ("prompt sets (eval.prompt_set)", D.PROMPT_SETS)):
+    from bench.data import real as D
+    for title, table in (("pair datasets (bench.data.real.load_pairs)", D.PAIR_SOURCES), ("prompt sets (eval.prompt_set)", D.PROMPT_SETS)):
         print(f"{title}:")
         for name, fn in table.items():
             doc = (fn.__doc__ or "").strip().splitlines()

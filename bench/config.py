@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from bench import world as W
-from bench.data import DataConfig, generator_pool
+from bench.data.config import DataConfig
+from bench.data.world_pairs import generator_pool
 from bench.devices import PRECISIONS
 from bench.evaluate import EvalConfig, check_scorers, eval_set
 from bench.registry import BACKBONES, METHODS, BenchError, MethodConfig  # noqa: F401 (re-exported)
@@ -351,7 +352,7 @@ def validate(cfg: DictConfig) -> JobConfig:
     if job.train.batch_size % job.launch.num_processes:
         raise BenchError(f"train.batch_size={job.train.batch_size} (the global micro-batch) must be divisible "
                          f"by launch.num_processes={job.launch.num_processes}")
-    from bench.stream import STREAM_SOURCES, check_stream_source
+    from bench.data.stream import STREAM_SOURCES, check_stream_source
     if job.data.source not in ("world", "file") + STREAM_SOURCES:
         raise BenchError(f"unknown data.source {job.data.source!r}; valid: world, file, {', '.join(STREAM_SOURCES)}")
     if job.data.source in STREAM_SOURCES:
@@ -436,9 +437,9 @@ def check_backbone_paths(backbone) -> None:
 
 def check_preference_source(path: Path) -> None:
     """data.path exists; a file there is a readable Pick-a-Pic-format parquet file (footer and
-    columns: bench.data.open_pickapic) whose labelled rows carry valid labels (the label columns
+    columns: bench.data.pairs.open_pickapic) whose labelled rows carry valid labels (the label columns
     only, no image is decoded). A directory (KTO or attribute files) is read by its loader."""
-    from bench.data import check_labels, open_pickapic
+    from bench.data.pairs import check_labels, open_pickapic
     if not path.exists():
         raise BenchError(f"preference file not found: {path}; set data.path to a Pick-a-Pic-format parquet file")
     if path.is_dir():

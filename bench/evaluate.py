@@ -7,7 +7,7 @@ then over prompts. The interval and the test come from bench.statistics (one job
 seed: a prompt-level t interval and test; pooled seeds get the seed-aware ones in the leaderboard).
 
 Eval sets: the shapes world's held-out split (`prompt_set=world`, the default) or a real prompt
-set read from `prompt_path` (bench.datasets.PROMPT_SETS: partiprompts, drawbench,
+set read from `prompt_path` (bench.data.real.PROMPT_SETS: partiprompts, drawbench,
 hpsv2_benchmark, pickapic_test_unique). Any mix of registered scorers scores them; a scorer that
 only reads shapes-world prompts rejects a real prompt set up front. Real scorers take options
 (`scorer_options.<name>.<field>`, fields of the scorer's Config dataclass) and are built once per
@@ -32,7 +32,7 @@ from bench.registry import SCORERS, BenchError
 @dataclass
 class EvalConfig:
     split: str = "eval"                 # eval prompts are held-out combinations; never tune on them
-    prompt_set: str = "world"           # world: the split above; else a real prompt set (bench.datasets.PROMPT_SETS)
+    prompt_set: str = "world"           # world: the split above; else a real prompt set (bench.data.real.PROMPT_SETS)
     prompt_path: str | None = None      # the prompt set's file or directory (for prompt_set != world)
     seeds_per_prompt: int = 8
     max_prompts: int | None = None      # None: the whole split; else that many, spread over it (spread())
@@ -101,7 +101,7 @@ def eval_set(cfg: EvalConfig, world_cfg: W.WorldConfig) -> list:
             raise BenchError(f"unknown eval.split {cfg.split!r}; valid: {', '.join(splits)}")
         prompts = splits[cfg.split]
     else:
-        from bench.datasets import load_prompt_set
+        from bench.data.real import load_prompt_set
         prompts = load_prompt_set(cfg.prompt_set, cfg.prompt_path)
     return prompts if cfg.max_prompts is None else spread(prompts, cfg.max_prompts)
 

@@ -3,7 +3,8 @@
 A method (methods/<name>.py, registered by name) subclasses `Method`: it declares the feedback it
 consumes (`feedback`: none, images, pairs, binary, votes, attributes) and whether it needs a
 reference model, and turns per-sample denoising errors into a loss. Hooks for methods that need
-more: `prepare` (turn feedback into training data, train an auxiliary model), `reference_refresh`
+more: `feedback_options` (what its feedback loader reads), `prepare` (turn feedback into training
+data, train an auxiliary model), `reference_refresh`
 (a `RefreshSpec`), `extra_parameters`, `condition` and `batch_loss` (with the `Batch` and the
 trainer's `StepContext`, bench/train.py). The trainer (bench/train.py) owns everything else.
 """
@@ -27,6 +28,14 @@ class RefreshSpec:
     ema_decay: float = 0.999
     ema_warmup: bool = False
 
+    @classmethod
+    def from_config(cls, cfg) -> "RefreshSpec | None":
+        """From a method config with `ref_refresh_every`, `ref_refresh`, `ref_ema_decay` and
+        `ref_ema_warmup` (KTO's and BalancedDPO's); None when ref_refresh_every <= 0."""
+        if cfg.ref_refresh_every <= 0:
+            return None
+        return cls(int(cfg.ref_refresh_every), cfg.ref_refresh, float(cfg.ref_ema_decay), bool(cfg.ref_ema_warmup))
+
 
 class Method:
     """Base class of alignment methods (methods/<name>.py registers subclasses by name)."""
@@ -48,15 +57,14 @@ class Method:
         auxiliary model. Called once by `train` before the policy is set up."""
         return data
 
+    def feedback_options(self) -> dict:
+        """The settings this method's feedback loader reads (bench.data.loaders): e.g. KTO's
+        comparison rounds and labelling policy, BalancedDPO's voters, CPO's attribute file."""
+        return {}
+
     def reference_refresh(self) -> RefreshSpec | None:
-        """Refresh of the reference model; read from the method config's `ref_refresh_every`,
-        `ref_refresh`, `ref_ema_decay`, `ref_ema_warmup` when it has them."""
-        every = int(getattr(self.cfg, "ref_refresh_every", 0) or 0)
-        if every <= 0:
-            return None
-        return RefreshSpec(every, getattr(self.cfg, "ref_refresh", "copy"),
-                           float(getattr(self.cfg, "ref_ema_decay", 0.999)),
-                           bool(getattr(self.cfg, "ref_ema_warmup", False)))
+        """Refresh of the reference model from the policy; None: a frozen reference."""
+        return None
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         """Trainable tensors besides the UNet's (e.g. conditioning tokens)."""
@@ -80,7 +88,7 @@ class Batch:
     weights: torch.Tensor | None = None    # per pair / image loss weight (PairData.weights)
     extra: dict = field(default_factory=dict)   # per pair / image tensors (data.extra)
     groups: torch.Tensor | None = None          # index of each pair / image in the training data
-    # a streamed batch (bench/stream.py): cached latents (`.get()`: scaled latents; None: encode
+    # a streamed batch (bench/data/stream.py): cached latents (`.get()`: scaled latents; None: encode
     # `images`), per-image conditioning (None: look the captions up in the trainer's encodings),
     # and `local`: the batch is this rank's own (draws for it alone, no slicing of a global batch)
     latents: object = None

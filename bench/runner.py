@@ -35,8 +35,8 @@ from bench import world as W
 from bench.config import (JobConfig, LaunchConfig, PathsConfig, RootSchema, check_writable,  # noqa: F401
                           WEIGHTS_KEY, compose_config, eval_prompts, first_job_overrides, precheck,
                           register_configs, resolve, typed, validate)
-from bench.data import world_preferences
-from bench.feedback import load_for_method
+from bench.data.world_pairs import world_preferences
+from bench.data.loaders import load_for_method
 from bench.evaluate import attribute_summary, attribute_table, get_scorer, score_images, scorer_record, spread
 from bench.statistics import win_rate
 from bench.locks import exclusive, load_entry, making, shared_chunks

@@ -9,7 +9,7 @@ methods that need more use three hooks: `prepare` (turn feedback into training d
 auxiliary model), `condition` (extra conditioning tokens) and `batch_loss` (the batch's labels,
 weights and a `StepContext` that evaluates other models on the same noised latents).
 
-Training data the trainer batches (feedback kinds: bench/feedback.py):
+Training data the trainer batches (feedback kinds: bench/data/loaders.py):
     PairData   winner-first pairs (+ optional per-pair `weights` and `extra` tensors); pair
                methods draw non-tie pairs with weight > 0, `images` methods take the winners
     ImageData  single images (+ optional `labels`, `sampling_weights`, `extra`); drawn with
@@ -38,7 +38,7 @@ from bench.config import ERROR_WEIGHTINGS, MethodConfig, TrainConfig, check_conf
 from bench.registry import BenchError
 # the method contract (bench/method.py), imported here for bench.train's users
 from bench.method import Batch, Method, RefreshSpec  # noqa: F401
-from bench.stream import rank_seed
+from bench.data.stream import rank_seed
 from bench.files import atomic
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     precision = Precision(cfg.mixed_precision, device)
     place(backbone, device, precision)
     data = method.prepare(backbone, data, cfg, seed, progress)
-    streamed = getattr(data, "streamed", False)     # bench/stream.py: each rank draws for its own pairs
+    streamed = getattr(data, "streamed", False)     # bench/data/stream.py: each rank draws for its own pairs
     gen = torch.Generator().manual_seed(seed if not streamed else rank_seed(seed, rank))
     torch.manual_seed(seed if not streamed else rank_seed(seed, rank))
     unet = backbone.unet if unet is None else unet.to(device=device, dtype=torch.float32)

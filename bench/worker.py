@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if acc.is_main_process else logging.WARNING,
                         format=f"[rank {acc.process_index}] %(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        from bench.feedback import load_for_method
+        from bench.data.loaders import load_for_method
         from bench.registry import BACKBONES, METHODS
         from bench.runner import WORKER_RESULT, validate
         from bench.train import train

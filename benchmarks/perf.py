@@ -110,7 +110,7 @@ WARM = 5          # steps excluded from the steps/s of both (set-up, first-call 
 
 def dpo(args) -> dict:
     import copy
-    from bench.data import PairData
+    from bench.data.pairs import PairData
     from bench.train import TrainConfig, train
     from methods.dpo import DPO, DPOConfig
     bb, job = _backbone(args.backbone, Path(args.cache))

@@ -25,10 +25,10 @@ pairs, weighted per pair (weights 1 except under tie_rule=margin): sum w_i l_i /
 import torch
 import torch.nn.functional as F
 
-from bench.data import PairData
-from bench.feedback import VoteData
+from bench.data.pairs import PairData
+from bench.data.votes import VoteData
 from bench.registry import METHODS, BenchError
-from bench.method import Method
+from bench.method import Method, RefreshSpec
 from methods.config import BalancedDPOConfig
 from methods.dpo import dpo_margin
 
@@ -92,9 +92,15 @@ class BalancedDPO(Method):
             raise BenchError("gold is hidden (evaluation and annotators only); voters must be proxy scorers")
         self.data_info: dict = {}
 
+    def feedback_options(self) -> dict:
+        return {"voters": list(self.cfg.voters)}
+
+    def reference_refresh(self):
+        return RefreshSpec.from_config(self.cfg)
+
     def prepare(self, backbone, data, cfg, seed, progress=True):
         if not isinstance(data, VoteData):
-            raise BenchError(f"balanced_dpo trains on per-scorer votes (bench.feedback.load_votes); got {type(data).__name__}")
+            raise BenchError(f"balanced_dpo trains on per-scorer votes (bench.data.votes.load_votes); got {type(data).__name__}")
         if list(data.voters) != list(self.cfg.voters):
             idx = [data.voters.index(v) for v in self.cfg.voters]
             data = VoteData(data.images_0, data.images_1, data.captions, data.labels_0, list(self.cfg.voters),

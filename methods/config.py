@@ -70,7 +70,7 @@ class CPOConfig(MethodConfig):
     attribute_noise: float = 0.0       # world data: probability of flipping each annotated label
     # real data (a Pick-a-Pic-format data.path): the per-image attribute annotations, a JSON file
     # {"tree": {node: {positive: [...], negative: [...]}}, "images": {uid: {positive: [...], negative: [...]}}}
-    # (bench.feedback.attributes_from_file, docs/methods.md); required there, unused with a folder data.path
+    # (bench.data.attributes.attributes_from_file, docs/methods.md); required there, unused with a folder data.path
     attributes_file: str | None = None
     # Stage 1 (suite choices; the paper's settings are [not found]).
     aux_steps: int = 200

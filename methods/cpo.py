@@ -9,7 +9,7 @@ The loss, the conditioning mechanism and the weighting are not published; below 
 
 Data: images with 0/1 labels for K attributes; attribute k has polarity p_k (+1 positive, -1
 negative) and a root node. Goodness q_k(x) = a_k(x) if p_k = +1 else 1 - a_k(x). Images of the
-same caption are paired in file order (bench.feedback.pairs_from_images); per pair and attribute
+same caption are paired in file order (bench.data.attributes.pairs_from_images); per pair and attribute
 d_k = q_k(x_0) - q_k(x_1) in {-1, 0, +1}. Pairs are put winner first by the sign of sum_k w_k d_k
 and pairs with no weighted difference are dropped (the analogue of Diffusion-DPO's tie filter).
 
@@ -44,8 +44,8 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from bench.data import PairData
-from bench.feedback import AttributeData, ImageData, pairs_from_images
+from bench.data.attributes import AttributeData, pairs_from_images
+from bench.data.pairs import ImageData, PairData
 from bench.registry import METHODS, BenchError
 from bench.method import Method
 from methods.dpo import dpo_margin
@@ -137,9 +137,12 @@ class CPO(Method):
         self.aux_history: list = []
         self.data_info: dict = {}
 
+    def feedback_options(self) -> dict:
+        return {"noise": self.cfg.attribute_noise, "attributes_file": self.cfg.attributes_file}
+
     def prepare(self, backbone, data, cfg, seed, progress=True):
         if not isinstance(data, AttributeData):
-            raise BenchError(f"cpo trains on attribute annotations (bench.feedback.load_attributes); got {type(data).__name__}")
+            raise BenchError(f"cpo trains on attribute annotations (bench.data.attributes.load_attributes); got {type(data).__name__}")
         names = list(self.cfg.attributes) or list(data.names)
         unknown = [a for a in names if a not in data.names]
         if unknown:

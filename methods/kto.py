@@ -13,15 +13,16 @@ noise and timestep per image (no pairs; the trainer draws them so for unpaired f
     loss = mean over images of w_s * (1 - h),  w_+ = lambda_D, w_- = lambda_U
 No 1/2 factor (unlike Diffusion-DPO). At initialisation g = 0 and z = 0, so the loss is 1/2 per
 image (times its lambda). Logged implicit accuracy = fraction(s * (g - z) > 0), as the code's `acc`.
-Per-image binary labels come from bench.feedback (processed-Pick-a-Pic layout, `policy`).
+Per-image binary labels come from bench.data.likes (processed-Pick-a-Pic layout, `policy`).
 """
 from dataclasses import replace
 
 import torch
 
-from bench.feedback import ImageData, kto_sampling_weights
+from bench.data.likes import kto_sampling_weights
+from bench.data.pairs import ImageData
 from bench.registry import METHODS, BenchError
-from bench.method import Method
+from bench.method import Method, RefreshSpec
 from methods.config import KTOConfig
 
 REFERENCE_POINTS = ("batch_mean", "sigmoid", "rolled_prompts")
@@ -41,9 +42,15 @@ class KTO(Method):
         if not 0.0 <= cfg.positive_ratio <= 1.0:
             raise BenchError(f"method.positive_ratio must lie in [0, 1], got {cfg.positive_ratio}")
 
+    def feedback_options(self) -> dict:
+        return {"rounds": self.cfg.comparison_rounds, "policy": self.cfg.policy}
+
+    def reference_refresh(self):
+        return RefreshSpec.from_config(self.cfg)
+
     def prepare(self, backbone, data, cfg, seed, progress=True):
         if not isinstance(data, ImageData) or data.labels is None:
-            raise BenchError("kto trains on per-image binary labels (bench.feedback.load_kto); got "
+            raise BenchError("kto trains on per-image binary labels (bench.data.likes.load_kto); got "
                              f"{type(data).__name__}")
         return replace(data, sampling_weights=kto_sampling_weights(data.labels, self.cfg.positive_ratio))
 

@@ -9,7 +9,7 @@ import torch
 from bench import world as W
 from bench.backbones import (BACKBONES, XLBackbone, build_tiny, load_pipeline_dir, load_real,
                              make_backbone, recipe, tiny_arch, transfer_weights)
-from bench.data import PairData
+from bench.data.pairs import PairData
 from bench.registry import BenchError
 from bench.sample import generate
 from bench.train import TrainConfig, train

@@ -3,7 +3,7 @@ its path, made again (byte for byte the same), and the job's result equals a cle
 
 Entries depend on one another (the preference file on the pair images' base samples, the KTO
 files on the comparisons, ...): a damaged entry upstream is made again byte for byte, so the
-entries derived from it keep their names (bench.feedback keys them by content) and are checked
+entries derived from it keep their names (bench.data.source keys them by content) and are checked
 and made again in turn."""
 import json
 import logging

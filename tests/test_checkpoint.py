@@ -6,7 +6,7 @@ import torch
 
 from bench.backbones import Backbone, build_tiny
 from bench.checkpoint import RESUME_DIR, STATE_JSON, STATE_TENSORS
-from bench.data import PairData
+from bench.data.pairs import PairData
 from bench.train import RefreshSpec, TrainConfig, train
 from methods.dpo import DPO, DPOConfig
 

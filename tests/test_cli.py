@@ -160,7 +160,7 @@ BAD_INPUTS = [
     (["run", "method=cpo", "data.source=file", "data.path={one_pair}", "method.attributes_file={empty}/a.json"],
      "error: method.attributes_file {empty}/a.json not found"),
     (["run", "data.source=s3"], "error: unknown data.source 's3'; valid: world, file, pickapic_v2, hpdv2"),
-    # streamed sources (bench/stream.py): the directory, its shards and columns, the options
+    # streamed sources (bench/data/stream.py): the directory, its shards and columns, the options
     (["run", "data.source=pickapic_v2"], "error: data.source=pickapic_v2 needs data.path=<the dataset directory>"),
     (["run", "data.source=pickapic_v2", "data.path={labels}"],
      "error: data.path={labels} is not a directory; data.source=pickapic_v2 reads the dataset directory"),

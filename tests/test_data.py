@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.data import decode_image, encode_png, load_pickapic
+from bench.data.pairs import decode_image, encode_png, load_pickapic
 from bench.registry import BenchError
 
 
@@ -65,7 +65,8 @@ def test_missing_file_and_columns(tmp_path):
 def test_unlabelled_rows_and_bad_labels_follow_one_rule_in_every_loader(tmp_path):
     """has_label=false rows are left out and labels are checked by the streaming loader, the
     votes loader (BalancedDPO) and the KTO conversion alike."""
-    from bench.feedback import load_votes, pickapic_to_kto
+    from bench.data.likes import pickapic_to_kto
+    from bench.data.votes import load_votes
     rows = [{**row("a", 1, 2, 1.0, 0.0), "has_label": True, "vote_p": 1.0},
             {**row("b", 3, 4, 0.0, 0.0), "has_label": False, "vote_p": 0.5},     # no choice made
             {**row("c", 5, 6, 0.0, 1.0), "has_label": True, "vote_p": 0.0}]
@@ -95,7 +96,9 @@ def test_a_generator_pool_writes_model_columns_that_round_trip(tmp_path):
     renderer images are the world's renders, and the file reads back through the loader."""
     from types import SimpleNamespace
     from bench import world as W
-    from bench.data import DataConfig, open_pickapic, world_preferences
+    from bench.data.config import DataConfig
+    from bench.data.pairs import open_pickapic
+    from bench.data.world_pairs import world_preferences
     calls = []
 
     def sample(texts, seeds, guidance, steps):
@@ -132,6 +135,7 @@ def test_a_generator_pool_writes_model_columns_that_round_trip(tmp_path):
                                         (["base@x3"], "bad generator option"), (["renderer@g3"], "unknown generator"),
                                         ([], "one or more")])
 def test_a_bad_generator_pool_is_one_line(pool, match):
-    from bench.data import DataConfig, generator_pool
+    from bench.data.config import DataConfig
+    from bench.data.world_pairs import generator_pool
     with pytest.raises(BenchError, match=match):
         generator_pool(DataConfig(generators=pool))

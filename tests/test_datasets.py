@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import datasets as D
-from bench.data import encode_png
+from bench.data import real as D
+from bench.data.pairs import encode_png
 from bench.registry import BenchError
 
 

@@ -6,7 +6,7 @@ import torch
 
 from bench.backbones import load_real, make_backbone
 from bench.config import TrainConfig
-from bench.data import PairData
+from bench.data.pairs import PairData
 from bench.devices import Precision, job_device, place
 from bench.registry import METHODS, BenchError
 from bench.train import Batch, _micro_step, learning_rate, setup_policy, train

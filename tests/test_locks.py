@@ -127,7 +127,9 @@ def test_a_damaged_entry_is_made_again_not_failed_on(tmp_path, caplog):
 def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path, caplog):
     from types import SimpleNamespace
     from bench import world as W
-    from bench.data import DataConfig, load_pickapic, world_preferences
+    from bench.data.config import DataConfig
+    from bench.data.pairs import load_pickapic
+    from bench.data.world_pairs import world_preferences
     calls = []
 
     def sample(texts, seeds, *settings):

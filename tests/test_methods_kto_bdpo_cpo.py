@@ -11,10 +11,11 @@ import torch
 
 from bench import world as W
 from bench.backbones import Backbone, build_tiny
-from bench.data import PairData, encode_png
-from bench.feedback import (AttributeData, ImageData, VoteData, annotate_attributes, kto_sampling_weights,
-                            load_attributes, load_kto, load_votes, pickapic_to_kto, score_votes,
-                            world_comparisons)
+from bench.data.pairs import encode_png, PairData
+from bench.data.attributes import annotate_attributes, AttributeData, load_attributes
+from bench.data.likes import kto_sampling_weights, load_kto, pickapic_to_kto, world_comparisons
+from bench.data.pairs import ImageData
+from bench.data.votes import load_votes, score_votes, VoteData
 from bench.registry import BenchError
 from bench.train import Method, Reference, RefreshSpec, TrainConfig, _batches, train
 from methods.balanced_dpo import BalancedDPO, BalancedDPOConfig, consensus
@@ -397,7 +398,7 @@ def test_vote_file_round_trips(tmp_path):
     assert v.votes[:, 0].tolist() == [1.0] * 4
     assert torch.equal(v.scores_0[:, 0] > v.scores_1[:, 0], torch.ones(4, dtype=torch.bool))
     # file order kept even where the annotator preferred image 1 (row 1)
-    from bench.data import decode_image
+    from bench.data.pairs import decode_image
     assert torch.equal(v.images_0[1], decode_image(df.jpg_0[1]))
     assert v.labels_0.tolist() == [1.0, 0.0, 0.5, 1.0]
     with pytest.raises(BenchError, match=r"missing vote column\(s\) \['vote_preference'\]"):

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from bench import world as W
-from bench.data import encode_png
+from bench.data.pairs import encode_png
 
 spec = importlib.util.spec_from_file_location("pair_contrast", W.__file__.replace("bench/world.py", "benchmarks/pair_contrast.py"))
 PC = importlib.util.module_from_spec(spec)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from bench.backbones import Backbone, build_tiny
-from bench.data import decode_image, encode_png
+from bench.data.pairs import decode_image, encode_png
 from bench.evaluate import get_scorer
-from bench.feedback import load_for_method, score_votes
+from bench.data.loaders import load_for_method
+from bench.data.votes import score_votes
 from bench.registry import BenchError
 from bench.train import TrainConfig, train
 from methods.balanced_dpo import BalancedDPO, BalancedDPOConfig
@@ -115,7 +116,7 @@ def test_cpo_reads_an_attribute_annotation_file(tmp_path, tiny_arch):
 
 
 def test_cpo_attribute_file_keyed_by_content_hash_without_uid_columns(tmp_path):
-    from bench.feedback import _uid
+    from bench.data.pairs import image_uid as _uid
     path = mixed_pickapic(tmp_path / "pap.parquet", uids=False)
     df = pd.read_parquet(path)
     uids = [_uid(df[f"jpg_{s}"][i]) for i in range(2) for s in (0, 1)]

@@ -1,4 +1,4 @@
-"""Streamed preference data (bench/stream.py) on fixture shards written here with Pick-a-Pic v2's
+"""Streamed preference data (bench/data/stream.py) on fixture shards written here with Pick-a-Pic v2's
 published columns: sharding across ranks, a seeded order, crop/flip, workers, the latent cache."""
 import datetime
 import io
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import stream as S
+from bench.data import stream as S
 from bench.registry import BenchError
 
 RES = 32

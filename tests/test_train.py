@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.backbones import Backbone, build_tiny
-from bench.data import PairData
+from bench.data.pairs import PairData
 from bench.registry import BenchError
 from bench.train import Method, TrainConfig, _batches, draw_noise, setup_policy, train
 from methods.dpo import DPO, DPOConfig

@@ -40,8 +40,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.data import (ON_CORRUPT, Pair, PairData, corrupt_image, decode_image, open_pickapic, read_pickapic,
-                        stack_pairs)
+from bench.data.pairs import (ON_CORRUPT, Pair, PairData, corrupt_image, decode_image, open_pickapic, read_pickapic,
+                              stack_pairs)
 from bench.registry import BenchError
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,13 @@
 """Real preference data at scale: a directory of shards read as a stream, sharded across ranks,
 with the reference scripts' crop/flip and an optional cache of VAE latents and text embeddings.
 
-`data.source=pickapic_v2|hpdv2` with `data.path=<dataset directory>` (bench.datasets documents
+`data.source=pickapic_v2|hpdv2` with `data.path=<dataset directory>` (bench.data.real documents
 both layouts). Nothing is decoded whole: the data is cut into *units* read one at a time,
 
     pickapic_v2   one parquet row group of one shard (the split's shards in name order, as
-                  bench.datasets.pickapic_shards lists them); only the footers are read up front
+                  bench.data.real.pickapic_shards lists them); only the footers are read up front
     hpdv2         a block of HPD_BLOCK records of <root>/<split>.json; a record gives every pair
-                  of its images (bench.datasets._hpd_record), images read as the unit is read
+                  of its images (bench.data.real._hpd_record), images read as the unit is read
 
 and a pair is named by its key (row or record index, pair number within the record).
 
@@ -24,7 +24,7 @@ Order and sharding (all of it a pure function of the job seed, the epoch and the
     order: the order does not depend on the number of workers.
   * a shuffle buffer of data.shuffle_buffer pairs (seeded from (seed, rank)) mixes pairs across
     units; a rank's micro-batch is train.batch_size / num_processes pairs taken from it.
-  * rows with has_label=false and ties are left out as bench.data.read_pickapic does (PickScore
+  * rows with has_label=false and ties are left out as bench.data.pairs.read_pickapic does (PickScore
     trainer/datasetss/clip_hf_dataset.py filters on has_label; DiffusionDPO train.py drops ties);
     winner first. data.keep_ties does not apply: pair methods never train on ties.
 
@@ -102,8 +102,8 @@ class Unit:
 
 def list_units(source: str, root: str | Path, split: str) -> tuple[list[Path], list[Unit]]:
     """(shard files, units) of a split; only parquet footers (or the HPD json) are read."""
-    from bench.datasets import pickapic_shards
-    from bench.data import open_pickapic
+    from bench.data.real import pickapic_shards
+    from bench.data.pairs import open_pickapic
     root = Path(root)
     if source == "pickapic_v2":
         shards = pickapic_shards(root, split)
@@ -126,7 +126,7 @@ def list_units(source: str, root: str | Path, split: str) -> tuple[list[Path], l
 
 
 def hpd_meta(root: str | Path, split: str) -> Path:
-    from bench.datasets import HPD_SPLITS
+    from bench.data.real import HPD_SPLITS
     if split not in HPD_SPLITS:
         raise BenchError(f"unknown HPD v2 split {split!r} (data.split); valid: {', '.join(HPD_SPLITS)}")
     meta = Path(root) / f"{split}.json"
@@ -204,7 +204,7 @@ def _rng(seed: int, epoch: int, key: tuple[int, int], side: int) -> np.random.Ge
 
 def _pickapic_rows(shard: Path, unit: Unit):
     """(row index, caption, jpg_0, jpg_1, label_0, label_1) of the labelled rows of a unit."""
-    from bench.data import PICKAPIC_COLUMNS, open_pickapic
+    from bench.data.pairs import open_pickapic, PICKAPIC_COLUMNS
     pf = open_pickapic(shard)
     labelled = "has_label" in pf.schema_arrow.names
     table = pf.read_row_group(unit.part, columns=list(PICKAPIC_COLUMNS) + (["has_label"] if labelled else []))
@@ -218,7 +218,7 @@ def read_unit(stream: "PairStream", u: int, epoch: int, keep: int | None, world:
     """The kept pairs of unit `u` decoded and augmented: {keys (n, 2), captions, winners,
     losers}. keep: None, or keep only pairs at positions = keep mod world (within the unit's
     kept pairs, in row order)."""
-    from bench.data import check_labels, corrupt_image
+    from bench.data.pairs import check_labels, corrupt_image
     unit = stream.units[u]
     aug = stream.augment
     skipped: list = []
@@ -235,7 +235,7 @@ def read_unit(stream: "PairStream", u: int, epoch: int, keep: int | None, world:
             w, lo = (row["jpg_1"], row["jpg_0"]) if l0 == 0.0 else (row["jpg_0"], row["jpg_1"])
             out.append(((i, 0), row["caption"], w, lo))
     else:
-        from bench.datasets import _hpd_record
+        from bench.data.real import _hpd_record
         meta = stream.shards[0]
         records = _hpd_records(meta)
         images = Path(stream.root) / stream.split
@@ -243,7 +243,7 @@ def read_unit(stream: "PairStream", u: int, epoch: int, keep: int | None, world:
             try:
                 prompt, files, pairs = _hpd_record(records[i], stream.split)
             except (ValueError, KeyError, TypeError):
-                raise BenchError(f"{meta}: record {i} is malformed; see bench.datasets for HPD v2's layout") from None
+                raise BenchError(f"{meta}: record {i} is malformed; see bench.data.real for HPD v2's layout") from None
             for j, (a, b, tie) in enumerate(pairs):
                 if not tie:
                     out.append(((i, j), prompt, images / files[a], images / files[b]))
@@ -528,7 +528,7 @@ def open_stream(method, data_cfg, cache_dir, size: int) -> tuple[PairStream, dic
 
 def check_stream_source(data_cfg, method_name: str, train_cfg) -> None:
     """A streamed source's options, layout and columns, before any work (one line each)."""
-    from bench.data import ON_CORRUPT
+    from bench.data.pairs import ON_CORRUPT
     from bench.registry import METHODS
     if not data_cfg.path:
         raise BenchError(f"data.source={data_cfg.source} needs data.path=<the dataset directory>")
@@ -553,12 +553,12 @@ def check_stream_source(data_cfg, method_name: str, train_cfg) -> None:
                          f"gives pairs (methods with feedback {', '.join(STREAM_FEEDBACK)})")
     _, units = list_units(data_cfg.source, path, data_cfg.split)   # shards, footers, columns / json
     if data_cfg.source == "hpdv2":
-        from bench.datasets import _hpd_record
+        from bench.data.real import _hpd_record
         meta = hpd_meta(path, data_cfg.split)
         for i, rec in enumerate(_hpd_records(meta)):
             try:
                 _hpd_record(rec, data_cfg.split)
             except (ValueError, KeyError, TypeError):
-                raise BenchError(f"{meta}: record {i} is malformed; see bench.datasets for HPD v2's layout") from None
+                raise BenchError(f"{meta}: record {i} is malformed; see bench.data.real for HPD v2's layout") from None
     if not units or not any(u.rows for u in units):
         raise BenchError(f"{data_cfg.source} at {path} (split {data_cfg.split!r}) has no rows")

@@ -139,3 +139,32 @@ def test_a_bad_generator_pool_is_one_line(pool, match):
     from bench.data.world_pairs import generator_pool
     with pytest.raises(BenchError, match=match):
         generator_pool(DataConfig(generators=pool))
+
+
+def test_every_registered_methods_feedback_kind_has_a_loader_and_an_unknown_kind_is_one_line(tmp_path):
+    import methods  # noqa: F401  (registers every method)
+    from bench.data.config import DataConfig
+    from bench.data.loaders import LOADERS, load_for_method
+    from bench.method import Method
+    from bench.registry import METHODS, BenchError
+    kinds = {METHODS.get(name).feedback for name in METHODS.names()}
+    assert kinds - {"none"} <= set(LOADERS), kinds - set(LOADERS)
+
+    class Odd(Method):
+        feedback = "ratings"
+    with pytest.raises(BenchError, match="no feedback loader for kind 'ratings'; valid: pairs, images, binary"):
+        load_for_method(Odd(None), tmp_path / "x.parquet", DataConfig(), tmp_path, 4, world=True)
+
+
+def test_methods_state_their_loaders_settings():
+    from methods.balanced_dpo import BalancedDPO
+    from methods.config import BalancedDPOConfig, CPOConfig, KTOConfig
+    from methods.cpo import CPO
+    from methods.kto import KTO
+    assert KTO(KTOConfig(comparison_rounds=3, policy="gt_label_w_l")).feedback_options() == \
+        {"rounds": 3, "policy": "gt_label_w_l"}
+    assert BalancedDPO(BalancedDPOConfig(voters=["aesthetic"])).feedback_options() == {"voters": ["aesthetic"]}
+    assert CPO(CPOConfig(attribute_noise=0.2)).feedback_options() == {"noise": 0.2, "attributes_file": None}
+    spec = KTO(KTOConfig(ref_refresh_every=20)).reference_refresh()
+    assert (spec.every, spec.kind, spec.ema_decay, spec.ema_warmup) == (20, "ema", 0.999, True)
+    assert KTO(KTOConfig()).reference_refresh() is None

@@ -19,7 +19,6 @@ its previous checkpoint.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from bench.files import key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ FORMAT = 1
 
 def fingerprint(*parts) -> str:
     """Hash of what a resumable state must agree with (training config, seed, method config)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return key(*parts, n=16)
 
 
 def _policy_state(unet, lora: bool) -> dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@
 `atomic(path)` yields a temporary name beside `path` (same directory, so the rename is atomic on
 POSIX); whatever the caller writes there (a file or a directory, by any writer: safetensors,
 parquet, save_pretrained) replaces `path` in one rename when the block ends, and is removed if it
-raises. `key(*parts)` is the short content hash the caches and job directories are named by.
+raises. `key(*parts)` is the short content hash the caches and job directories are named by;
+`digest(data, n)` the SHA-256 of one string or byte string.
 Imports no torch.
 """
 from __future__ import annotations
@@ -48,6 +49,12 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def digest(data: str | bytes, n: int | None = None) -> str:
+    """The SHA-256 of `data` (text as UTF-8) in hex, its first n digits when n is given."""
+    h = hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+    return h if n is None else h[:n]
+
+
 def key(*parts, n: int = 12) -> str:
     """The first n hex digits of the SHA-256 of the parts as sorted JSON (str() for the rest)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:n]
+    return digest(json.dumps(parts, sort_keys=True, default=str), n)

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from bench.locks import load_entry, making
-from bench.files import atomic
+from bench.files import atomic, digest
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Draws:
         return torch.stack(noise), torch.tensor(t, dtype=torch.long), drop
 
     def _seed(self, g: int, k: int) -> int:
-        return int(hashlib.sha256(f"{self.seed}|{g}|{k}".encode()).hexdigest()[:15], 16)
+        return int(digest(f"{self.seed}|{g}|{k}", 15), 16)
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -73,11 +73,11 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def cache_key(reference_weights: dict[str, torch.Tensor], images: torch.Tensor, captions: list[str],
               paired: bool, draws: Draws, extra: dict) -> str:
     blob = json.dumps({"weights": tensor_digest(reference_weights), "images": tensor_digest({"x": images}),
-                       "captions": hashlib.sha256("\n".join(captions).encode()).hexdigest(),
+                       "captions": digest("\n".join(captions)),
                        "paired": paired, "draws": [draws.k, draws.seed, list(draws.latent_shape),
                                                    draws.n_timesteps, draws.empty_prompt_prob],
                        **extra}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(blob, 16)
 
 
 def compute_table(n_groups: int, draws: Draws, errors_of, batch_groups: int = 64,

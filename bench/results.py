@@ -9,7 +9,6 @@ complete or absent. The leaderboard is a pure function of those files.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -25,7 +24,7 @@ import pandas as pd
 
 from bench import world as W
 from bench.statistics import win_rate
-from bench.files import atomic
+from bench.files import atomic, digest
 
 log = logging.getLogger(__name__)
 IDENTITY_KEYS = ("backbone", "method", "data", "train", "eval", "world", "seed")
@@ -58,7 +57,7 @@ def job_identity(cfg: dict) -> dict:
 
 def job_hash(cfg: dict) -> str:
     blob = json.dumps(job_identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return digest(blob, 12)
 
 
 def job_dir(results_dir: Path, cfg: dict) -> Path:
@@ -161,7 +160,7 @@ def load_results(results_dir: Path) -> list[tuple[Path, dict]]:
 def config_key(res: dict) -> str:
     """Identity without the seed: jobs that differ only by seed pool into one leaderboard row."""
     ident = {k: v for k, v in res["identity"].items() if k != "seed"}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+    return digest(json.dumps(ident, sort_keys=True), 12)
 
 
 @dataclass

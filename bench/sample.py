@@ -7,15 +7,16 @@ composition. With DDIM (eta=0) the rest of sampling is deterministic.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import weakref
 
 import torch
 from tqdm.auto import tqdm
 
+from bench.files import digest
+
 
 def noise_seed(prompt: str, seed: int) -> int:
-    return int(hashlib.sha256(f"{prompt}|{seed}".encode()).hexdigest()[:15], 16)
+    return int(digest(f"{prompt}|{seed}", 15), 16)
 
 
 def initial_latents(backbone, prompts: list[str], seeds: list[int]) -> torch.Tensor:

@@ -12,7 +12,6 @@ in {0, 1}) are dropped by default; each kept pair is reordered winner first.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from PIL import Image
 
 from bench.lazy import torch  # imported on first use: the config path needs no torch
 from bench.registry import BenchError
-from bench.files import atomic
+from bench.files import atomic, digest
 
 log = logging.getLogger(__name__)
 PICKAPIC_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
@@ -191,7 +190,7 @@ def load_pickapic(path: str | Path, keep_ties: bool = False, size: int | None = 
 # ----------------------------------------------------------------------------- whole files as frames
 
 def image_uid(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    return digest(data, 16)
 
 
 def with_uids(df: pd.DataFrame) -> pd.DataFrame:

@@ -11,12 +11,11 @@ under the entry's lock (`derive_once`, bench.locks).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.files import atomic
+from bench.files import atomic, digest
 from bench.locks import intact, making, seal_path
 
 
@@ -42,7 +41,7 @@ def source_key(path: Path, *options) -> str:
     st, sealed = Path(path).stat(), seal_path(path)
     version = json.loads(sealed.read_text()) if sealed.is_file() else [st.st_size, st.st_mtime_ns]
     blob = json.dumps([str(Path(path).resolve()), version, *options], default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return digest(blob, 12)
 
 
 def write_dir(out: Path, write) -> Path:

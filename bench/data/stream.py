@@ -71,7 +71,7 @@ from PIL import Image
 
 from bench.lazy import torch  # imported on first use: validation needs no torch
 from bench.registry import BenchError
-from bench.files import atomic
+from bench.files import atomic, digest
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +291,12 @@ def encoder_fingerprint(backbone) -> str:
 
 def cache_dir_for(stream: "PairStream", backbone) -> Path:
     random_aug = stream.augment.random_crop or stream.augment.hflip
-    key = hashlib.sha256(json.dumps({
+    key = digest(json.dumps({
         "encoders": encoder_fingerprint(backbone), "backbone": type(backbone).__name__,
         "resolution": stream.augment.size, "random_crop": stream.augment.random_crop,
         "hflip": stream.augment.hflip, "aug_seed": stream.aug_seed if random_aug else None,
         "mode": stream.latent_cache, "source": stream.source, "split": stream.split,
-    }, sort_keys=True).encode()).hexdigest()[:16]
+    }, sort_keys=True), 16)
     return Path(stream.cache_root) / "stream" / f"{stream.source}-{key}"
 
 

@@ -4,7 +4,6 @@ renderer with its corpus defect model), labelled by the simulated annotator and 
 Pick-a-Pic file with the real `model_0` / `model_1` columns (bench.data.pairs reads it)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bench.files import digest
 from bench import world as W
 from bench.data.config import DataConfig
 from bench.data.pairs import encode_png, open_pickapic, write_parquet_atomic
@@ -80,7 +80,7 @@ def world_preferences(backbone, world_cfg: W.WorldConfig, cfg: DataConfig, cache
     guidance, steps)` returns uint8 images from the base model (None: its configured settings).
     """
     import json
-    key = hashlib.sha256(json.dumps([weights_id, repr(world_cfg), world_repr(cfg)]).encode()).hexdigest()[:12]
+    key = digest(json.dumps([weights_id, repr(world_cfg), world_repr(cfg)]), 12)
     path = Path(cache_dir) / "preferences" / f"{backbone.name}-{key}.parquet"
     if load_entry(path, open_pickapic) is not None:          # a damaged entry is deleted and made again
         return path

@@ -337,12 +337,6 @@ def _vs_base_cell(runs: list[Run], name: str) -> Cell:
     return Cell(r["win_rate"], r["ci_low"], r["ci_high"], seed_aware=r["n_seeds"] > 1, p=r["p"])
 
 
-def mean_estimate(df: pd.DataFrame, col: str, null: float | None = None) -> "st.Estimate":
-    """Mean of a per-image column (cells: training seed x prompt) with its CI."""
-    seeds = df["train_seed"] if "train_seed" in df else None
-    return st.estimate(st.cells(df[col], df["prompt_id"], seeds), null=null)
-
-
 def _sort_key(v: str):
     try:
         return (0, float(v), "")
@@ -388,7 +382,7 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
             df, p = r["_df"], r["_prefix"]
             extra = []
             if f"{p}n_negative" in df:
-                extra.append(Cell.of(mean_estimate(df, f"{p}n_negative"), digits=2))
+                extra.append(Cell.of(st.mean_estimate(df, f"{p}n_negative"), digits=2))
             if f"{p}fully_correct" in df:
                 extra.append(Cell(float(df[f"{p}fully_correct"].mean())))
             rows.append([r["label"]] + [Cell(r[a], digits=2) for a in pos + neg] + extra)
@@ -403,20 +397,6 @@ def attribute_tables(lb: pd.DataFrame, runs: list[Run]) -> list[Table]:
     return tables
 
 
-def attribute_flips(model, base, positive: bool, prompt_ids, train_seeds=None) -> tuple[int, int, float]:
-    """Paired change of one binary attribute against the base image of the same prompt and seed:
-    (fixed, broken, p). Fixed: bad on the base image, good on the model's (a positive attribute
-    gained, a negative one lost); broken: the reverse. p: the clustered equivalent of McNemar's test,
-    i.e. the test of bench.statistics on the per-image change (+1 fixed, -1 broken, 0) averaged in
-    (training seed, prompt) cells, so that images of one prompt or one trained model do not count
-    as independent evidence (1.0 when nothing changed)."""
-    fl = st.flips(model, base, positive)
-    fixed, broken = int((fl > 0).sum()), int((fl < 0).sum())
-    if not fixed + broken:
-        return fixed, broken, 1.0
-    return fixed, broken, st.estimate(st.cells(fl, prompt_ids, train_seeds), null=0.0).p
-
-
 def attribute_change_table(bb: str, g: pd.DataFrame, pos: list[str], neg: list[str]) -> Table:
     """Per config and attribute: images fixed / broken vs the base image of the same prompt and
     seed, with the clustered test's p over >= 2 training seeds. Shows whether alignment moved an
@@ -428,7 +408,7 @@ def attribute_change_table(bb: str, g: pd.DataFrame, pos: list[str], neg: list[s
         df, cells, tot_f, tot_b = r["_df"], [], 0, 0
         multi = r.get("n_seeds", 1) > 1
         for a in pos + neg:
-            f, b, p = attribute_flips(df[a], df[f"base_{a}"], a in pos, df["prompt_id"], df["train_seed"])
+            f, b, p = st.attribute_flips(df[a], df[f"base_{a}"], a in pos, df["prompt_id"], df["train_seed"])
             tot_f, tot_b = tot_f + f, tot_b + b
             cells.append(f"{f}/{b}" + (f" (p={p:.2g})" if multi and p < st.ALPHA else ""))
         label = r["label"] if multi else f"{r['label']} (1 seed)"
@@ -1204,7 +1184,7 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
             for _, r in _row(lb, key).iterrows():
                 df = pooled_scores([by_dir[d] for d in r.job_dirs.split(";")])
                 if first:
-                    rows.append(["base (reference)", Cell.of(mean_estimate(df, "base_n_negative"), digits=2),
+                    rows.append(["base (reference)", Cell.of(st.mean_estimate(df, "base_n_negative"), digits=2),
                                  Cell(0.0, 0.0, 0.0, digits=2, signed=True)]
                                 + [Cell(float(df[f"base_{a}"].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
                     ours[("base", "n_negative")] = rows[-1][1]
@@ -1212,8 +1192,8 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
                 if r.method == "base":
                     continue
                 df["_delta"] = df["n_negative"] - df["base_n_negative"]
-                rows.append([r.label, Cell.of(mean_estimate(df, "n_negative"), digits=2),
-                             Cell.of(mean_estimate(df, "_delta", null=0.0), digits=2, signed=True)]
+                rows.append([r.label, Cell.of(st.mean_estimate(df, "n_negative"), digits=2),
+                             Cell.of(st.mean_estimate(df, "_delta", null=0.0), digits=2, signed=True)]
                             + [Cell(float(df[a].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
                 ours[(key, "n_negative")] = ours[(r.label, "n_negative")] = rows[-1][1]
                 ours[(key, "n_negative_delta")] = ours[(r.label, "n_negative_delta")] = rows[-1][2]

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 class LeaderboardCallback(Callback):
     """Regenerates <paths.results>/leaderboard.csv after a run or a sweep; after a sweep also the
-    whole analysis report (tables, figures, grids, report.html) into the same directory."""
+    whole report (bench.report: tables, figures, grids, report.html) into the same directory."""
 
     def on_run_end(self, config, **kwargs) -> None:
         write_leaderboard(Path(config.paths.results))
@@ -29,7 +29,7 @@ def write_report(results_dir: Path) -> bool:
     False), since the sweep's results are already safe on disk and the report can be regenerated
     from them."""
     try:
-        from bench.analysis import report
+        from bench.report import report
         report(results_dir)
         return True
     except Exception as e:  # noqa: BLE001  (never lose a finished sweep to a plotting error)

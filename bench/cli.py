@@ -7,7 +7,7 @@
     leaderboard [RESULTS_DIR]       regenerate RESULTS_DIR/leaderboard.csv from its result files
     report [RESULTS_DIR] [--out DIR] [--prompts ID,...]
                                     leaderboard, win-rate/ablation/attribute tables (md, tex), figures,
-                                    image grids and report.html, all from result files (bench.analysis)
+                                    image grids and report.html, all from result files (bench.report)
     paper NAME|SPEC.yaml [--out DIR] [overrides]
                                     run the jobs a paper/ spec still lacks (as `run` does), then
                                     regenerate its table beside the paper's numbers
@@ -124,7 +124,7 @@ def cmd_report(rest: list[str]) -> None:
     p.add_argument("--out", default=None, help="output directory (default: the results directory)")
     p.add_argument("--prompts", default=None, help="comma-separated eval prompt ids for the image grids")
     a = p.parse_args(rest)
-    from bench.analysis import report
+    from bench.report import report
     rep = report(Path(a.results), Path(a.out) if a.out else None,
                  prompts=[x for x in a.prompts.split(",") if x] if a.prompts else None)
     for line in rep.notes:               # missing/corrupt files were already logged as warnings
@@ -142,7 +142,7 @@ def cmd_paper(rest: list[str]) -> None:
     if bad:
         raise BenchError(f"paper: unrecognised argument {bad[0]!r}; pass Hydra overrides as key=value")
     check_overrides(overrides)
-    from bench.analysis import run_paper
+    from bench.paper import run_paper
     out = run_paper(a.spec, overrides, Path(a.out) if a.out else None, dry_run=a.dry_run, run=main)
     if out:
         print(out)

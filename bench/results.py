@@ -114,7 +114,7 @@ SAMPLE_INDEX = "samples.json"
 
 def write_sample_sheet(path: Path, images, base_images, prompt_ids, prompts, seeds,
                        n_prompts: int = 8, max_tile: int = 128) -> None:
-    """A small PNG beside result.json for the analysis' image grids: row 0 base, row 1 this
+    """A small PNG beside result.json for the report's image grids: row 0 base, row 1 this
     job's model, one column per chosen eval prompt at eval seed 0 (prompts evenly spaced over
     the eval set, so every job of the same eval config shows the same ones), plus samples.json
     naming each column. Images are uint8 (N, 3, H, W); tiles larger than max_tile are shrunk."""
@@ -165,7 +165,7 @@ def config_key(res: dict) -> str:
 
 @dataclass
 class Run:
-    """One finished job as analysis sees it: its directory, result.json and scores.parquet."""
+    """One finished job as the report and the paper specs see it: its directory, result.json and scores.parquet."""
     path: Path
     result: dict
     scores: pd.DataFrame

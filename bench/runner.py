@@ -235,7 +235,7 @@ def _run_job(job: JobConfig, cfg: DictConfig, plain: dict, out: Path, probe: Pro
     # the job is complete: its resumable training state is no longer needed (the final policy
     # weights stay in the checkpoint directory)
     shutil.rmtree(cache / "checkpoints" / out.name / RESUME_DIR, ignore_errors=True)
-    # a small PNG sheet (base vs this model, a few eval prompts) for the analysis' image grids
+    # a small PNG sheet (base vs this model, a few eval prompts) for the report's image grids
     write_sample_sheet(out, images, base_images, table["prompt_id"], texts, seeds)
     g = scorer_info.get("gold", {}).get("vs_base")
     log.info("done %s in %.0fs%s", out.name, times["total"],

@@ -286,6 +286,26 @@ def win_rate(a, b, prompt_ids, tie_tol: float = 0.0, higher_is_better: bool = Tr
             "se": est.se, "df": est.df, "interval": est.interval, "significant": est.significant}
 
 
+def mean_estimate(df: pd.DataFrame, col: str, null: float | None = None) -> Estimate:
+    """Mean of a per-image column (cells: training seed x prompt) with its CI."""
+    seeds = df["train_seed"] if "train_seed" in df else None
+    return estimate(cells(df[col], df["prompt_id"], seeds), null=null)
+
+
+def attribute_flips(model, base, positive: bool, prompt_ids, train_seeds=None) -> tuple[int, int, float]:
+    """Paired change of one binary attribute against the base image of the same prompt and seed:
+    (fixed, broken, p). Fixed: bad on the base image, good on the model's (a positive attribute
+    gained, a negative one lost); broken: the reverse. p: the clustered equivalent of McNemar's test,
+    i.e. the test of this module on the per-image change (+1 fixed, -1 broken, 0; `flips`) averaged
+    in (training seed, prompt) cells, so that images of one prompt or one trained model do not count
+    as independent evidence (1.0 when nothing changed)."""
+    fl = flips(model, base, positive)
+    fixed, broken = int((fl > 0).sum()), int((fl < 0).sum())
+    if not fixed + broken:
+        return fixed, broken, 1.0
+    return fixed, broken, estimate(cells(fl, prompt_ids, train_seeds), null=0.0).p
+
+
 # ----------------------------------------------------------------------------- power
 
 def design_variance(c: Components, n_seeds: int, n_prompts: int, n_eval: float) -> float:

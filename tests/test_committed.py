@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.analysis import _sweep, load_spec, spec_job_dirs
+from bench.paper import _sweep, load_spec, spec_job_dirs
 from bench.results import is_complete
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -138,6 +138,17 @@ def test_flips_and_clustered_change_test():
     assert e2.n_prompts == 2 and e2.df == 1
 
 
+def test_attribute_flips_hand_computed():
+    model = np.array([1, 1, 1, 0, 0, 1], bool)
+    base = np.array([0, 0, 1, 1, 0, 0], bool)         # gained at 0, 1, 5; lost at 3
+    ids = np.arange(6)
+    assert st.attribute_flips(model, base, True, ids)[:2] == (3, 1)
+    assert st.attribute_flips(model, base, False, ids)[:2] == (1, 3)   # a negative attribute gained is broken
+    # changes +1 +1 0 -1 0 +1 on six prompts: mean 1/3, se 1/3, t = 1 on 5 df
+    assert st.attribute_flips(model, base, True, ids)[2] == pytest.approx(2 * sps.t.sf(1.0, 5))
+    assert st.attribute_flips(base, base, True, ids) == (0, 0, 1.0)
+
+
 def test_combine_independent_estimates():
     a = st.estimate(np.array([[0.1, 0.3, 0.2, 0.2]]), null=0.0)     # mean .2, var .02/3/4
     b = st.estimate(np.array([[0.0, 0.2, 0.1, 0.1]]), null=0.0)     # mean .1, same variance

@@ -1,5 +1,6 @@
-"""Analysis: `report` on a results directory with known values, bad result files, report.html in
-headless Chromium, and `paper` specs (missing methods, regeneration, the Hydra run path)."""
+"""bench.report: `report` on a results directory with known values (tables, leaderboard, figures,
+image grids), bad result files, report.html in headless Chromium, and readable figures and grids
+with many configurations. The fake jobs written here are reused by tests/test_paper.py."""
 import json
 import logging
 import re
@@ -14,10 +15,12 @@ import pytest
 import torch
 from scipy import stats
 
-from bench import analysis as A
 from bench.cli import main
+from bench.report import report
+from bench.report.figures import SHORT_LABEL, _save, short_labels, winrate_figure
+from bench.report.grids import GRID_COLUMNS, grid_figure
+from bench.report.tables import Cell, best_separated
 from bench.statistics import win_rate
-from bench.registry import BenchError
 from bench.results import load_runs, write_job, write_sample_sheet
 
 N_PROMPTS, N_EVAL_SEEDS, N_BOOT = 10, 2, 2000
@@ -77,7 +80,7 @@ def dpo_history(offset):
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    root = tmp_path_factory.mktemp("analysis") / "results"
+    root = tmp_path_factory.mktemp("report-input") / "results"
     ties = np.full(N_PROMPTS * N_EVAL_SEEDS, 0.05)
     fake_job(root, "base", 0, np.zeros(N_PROMPTS * N_EVAL_SEEDS), np.zeros(N_PROMPTS * N_EVAL_SEEDS))
     # dpo, beta 5000: seed 0 wins prompts 0-7 (0.8), seed 1 wins prompts 0-5 (0.6): pooled 0.7, W/T/L 28/0/12
@@ -113,7 +116,7 @@ DPO_VAR, DPO_DF = 0.46666667 / 20, 3.965035
 @pytest.fixture(scope="module")
 def rep(results, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return A.report(results, out)
+    return report(results, out)
 
 
 def md_rows(path: Path, table: int = 0) -> dict[str, list[str]]:
@@ -149,10 +152,10 @@ def test_winrate_table_numbers_and_cis(rep):
 
 
 def test_best_is_bold_only_over_several_seeds():
-    sep = [A.Cell(0.9, 0.8, 1.0), A.Cell(0.5, 0.4, 0.6)]
-    assert A.best_separated(sep) == 0
-    assert A.best_separated([A.Cell(0.9, 0.8, 1.0, seed_aware=False), A.Cell(0.5, 0.4, 0.6)]) is None
-    assert A.best_separated([A.Cell(0.9, 0.55, 1.0), A.Cell(0.5, 0.4, 0.6)]) is None          # overlap
+    sep = [Cell(0.9, 0.8, 1.0), Cell(0.5, 0.4, 0.6)]
+    assert best_separated(sep) == 0
+    assert best_separated([Cell(0.9, 0.8, 1.0, seed_aware=False), Cell(0.5, 0.4, 0.6)]) is None
+    assert best_separated([Cell(0.9, 0.55, 1.0), Cell(0.5, 0.4, 0.6)]) is None          # overlap
 
 
 def test_leaderboard_columns(rep):
@@ -209,17 +212,6 @@ def test_attribute_table_and_figures(rep):
         for ext in ("png", "pdf"):
             assert (rep.out / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
     assert (rep.out / "grids" / "grid-tiny-sd15.png").stat().st_size > 1000
-
-
-def test_attribute_flips_hand_computed():
-    model = np.array([1, 1, 1, 0, 0, 1], bool)
-    base = np.array([0, 0, 1, 1, 0, 0], bool)         # gained at 0, 1, 5; lost at 3
-    ids = np.arange(6)
-    assert A.attribute_flips(model, base, True, ids)[:2] == (3, 1)
-    assert A.attribute_flips(model, base, False, ids)[:2] == (1, 3)   # a negative attribute gained is broken
-    # changes +1 +1 0 -1 0 +1 on six prompts: mean 1/3, se 1/3, t = 1 on 5 df
-    assert A.attribute_flips(model, base, True, ids)[2] == pytest.approx(2 * stats.t.sf(1.0, 5))
-    assert A.attribute_flips(base, base, True, ids) == (0, 0, 1.0)
 
 
 def test_bad_result_files_named_in_one_line(results, rep, caplog):
@@ -286,147 +278,10 @@ def test_report_html_in_headless_chromium(rep, tmp_path):
     head = shot.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1400, 3000)
 
-
-# ----------------------------------------------------------------------------- paper specs
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    return e.value.code, err[-1] if err else ""
-
-
-def write_spec(path: Path, **spec) -> Path:
-    import yaml
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def test_paper_spec_with_unregistered_method_fails_in_one_line(tmp_path, capsys):
-    spec = write_spec(tmp_path / "fake.yaml", title="t", jobs={"sweep": {"method": ["base", "frobnicate_dpo"]}},
-                      output={"kind": "winrate", "rows": ["frobnicate_dpo"]})
-    code, line = run_cli(["paper", str(spec)], capsys)
-    assert code == 2
-    assert line.startswith("error: paper spec 'fake' needs method 'frobnicate_dpo', which is not registered yet; "
-                           "registered: "), line
-    assert {"base", "dpo", "sft"} <= set(line.split("registered: ")[1].split(", "))
-    code, line = run_cli(["paper", "no_such_paper"], capsys)
-    assert code == 2 and line.startswith("error: no paper spec 'no_such_paper'; valid: ")
-
-
-@pytest.mark.parametrize("spec", sorted(p.stem for p in A.PAPER_DIR.glob("*.yaml")))
-def test_shipped_specs_are_well_formed(spec):
-    """Every paper/ spec parses; its jobs expand; it needs registered methods or says which are missing."""
-    s = A.load_spec(spec)
-    fixed, sweep = A._sweep(s)
-    assert sweep and s.citation and s.output.get("kind") in ("winrate", "ablation", "gain", "attributes")
-    for e in s.paper:
-        assert {"row", "ours", "value", "metric", "source"} <= set(e), e
-    try:
-        A.check_registered(s, fixed, sweep)
-    except BenchError as e:
-        assert "which is not registered yet; registered:" in str(e)
-
-
-def test_spec_sweeps_expand_with_hydra_grammar(tmp_path):
-    """YAML lists of lists sweep list-valued keys; ranges and comma strings expand as Hydra's would."""
-    spec = write_spec(tmp_path / "lists.yaml", title="t", output={"kind": "ablation"},
-                      jobs={"overrides": ["method=balanced_dpo"],
-                            "sweep": {"method.voters": [["fidelity", "aesthetic"], ["fidelity"]],
-                                      "seed": "range(0,3)", "method.beta": "1000,5000"}})
-    fixed, sweep = A._sweep(A.load_spec(str(spec)))
-    assert fixed == ["method=balanced_dpo"]
-    assert sweep == {"method.voters": ["[fidelity,aesthetic]", "[fidelity]"], "seed": ["0", "1", "2"],
-                     "method.beta": ["1000", "5000"]}
-    dirs = A.spec_job_dirs(fixed, {"method.voters": sweep["method.voters"]}, [f"paths.results={tmp_path}"])
-    assert len(set(dirs)) == 2       # the voter lists reach the job identity
-    bad = write_spec(tmp_path / "bad.yaml", title="t", output={"kind": "ablation"},
-                     jobs={"sweep": {"seed": "range(0,"}})
-    with pytest.raises(BenchError, match=r"paper spec bad: sweep seed=range\(0, is not a Hydra sweep"):
-        A._sweep(A.load_spec(str(bad)))
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)      # Hydra's output dirs land in the test's temp dir
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield tmp_path
-    root.handlers[:] = handlers      # Hydra points logging at this test's captured streams
-    root.setLevel(level)
-
-
-def test_paper_regenerates_from_existing_jobs_beside_paper_numbers(in_tmp, capsys):
-    """Jobs already in the results dir (the exact dirs `run` would write) are not run again."""
-    res = in_tmp / "res"
-    extra = [f"paths.results={res}", "eval.n_bootstrap=2000"]
-    spec = write_spec(in_tmp / "toy_dpo.yaml", title="toy", citation="Someone et al. 2024",
-                      jobs={"sweep": {"method": ["base", "dpo"], "seed": [0]}},
-                      output={"kind": "winrate", "rows": ["dpo"]},
-                      paper=[{"row": "dpo", "ours": "gold", "value": 0.65, "metric": "human pref", "source": "Tab. 1"},
-                             {"row": "dpo", "ours": "aesthetic", "value": None, "metric": "x", "source": "y"}])
-    fixed, sweep = A._sweep(A.load_spec(str(spec)))
-    dirs = A.spec_job_dirs(fixed, sweep, extra)
-    assert [d.name.split("-")[2] for d in dirs] == ["base", "dpo"]
-    fake_job(res, "base", 0, np.zeros(20), np.zeros(20), name=dirs[0].name)
-    fake_job(res, "dpo", 0, outcome_column(set(range(8))), np.full(20, 0.05), name=dirs[1].name)
-    assert main(["paper", str(spec), *extra]) == 0
-    readme = (in_tmp / "toy_dpo" / "README.md").read_text()
-    lo, hi = one_seed_ci([1] * 8 + [0] * 2)
-    assert f"| dpo | 1 | 0.800 [{lo:.3f}, {hi:.3f}] | 0.500 [0.500, 0.500] |" in readme
-    assert f"| dpo | gold | 0.800 [{lo:.3f}, {hi:.3f}] | 0.65 | human pref | Tab. 1 |" in readme
-    assert "| dpo | aesthetic | 0.500 [0.500, 0.500] | not transcribed |" in readme
-    summary = json.loads((in_tmp / "toy_dpo" / "summary.json").read_text())
-    assert summary["jobs_run"] == 0 and sorted(summary["jobs"]) == sorted(d.name for d in dirs)
-    assert "0 missing" in capsys.readouterr().err
-
-
-def test_paper_row_matching_several_of_our_rows_is_named_by_label(in_tmp):
-    """An ablation has several rows per method: a paper number beside 'dpo' would be ambiguous."""
-    res = in_tmp / "res"
-    runs = [fake_job(res, "base", 0, np.zeros(20), np.zeros(20)),
-            fake_job(res, "dpo", 0, outcome_column(set(range(8))), np.zeros(20), method_cfg={"beta": 1000.0}),
-            fake_job(res, "dpo", 0, outcome_column(set(range(3))), np.zeros(20), method_cfg={"beta": 5000.0})]
-    loaded = load_runs(None, [], dirs=runs)
-    paper = [{"row": "dpo", "ours": "gold", "value": 0.6, "metric": "m", "source": "s"}]
-    spec = A.load_spec(str(write_spec(in_tmp / "abl.yaml", title="t", citation="c", jobs={"sweep": {"seed": [0]}},
-                                      output={"kind": "ablation", "rows": ["dpo"]}, paper=paper)))
-    with pytest.raises(BenchError, match=r"paper row 'dpo' matches 2 rows of our table; name one of them as its "
-                                         r"row: dpo \(beta=1000\.0\) on tiny-sd15; dpo \(beta=5000\.0\) on tiny-sd15"):
-        A.write_paper_output(spec, loaded, in_tmp / "out")
-    assert not (in_tmp / "out").exists()
-    spec.paper[0]["row"] = "dpo (beta=5000.0)"
-    text = A.write_paper_output(spec, loaded, in_tmp / "out").read_text()
-    lo, hi = one_seed_ci([1] * 3 + [0] * 7)                                        # 3 of 10 prompts won
-    assert f"| dpo (beta=5000.0) | gold | 0.300 [{lo:.3f}, {hi:.3f}] | 0.6 | m | s |" in text
-
-
-def test_paper_runs_missing_jobs_through_run(in_tmp, tiny_pipe_dir, capsys):
-    """The Hydra multirun path of `python -m bench run`; the second call finds the job finished.
-    Also checks the runner's sample sheet and that the computed job dir is the one run_job wrote."""
-    res = in_tmp / "res"
-    extra = [f"backbone.weights={tiny_pipe_dir}", f"paths.results={res}", f"paths.cache={in_tmp / 'cache'}",
-             "eval.max_prompts=2", "eval.seeds_per_prompt=1", "eval.n_bootstrap=100", "progress=false"]
-    spec = write_spec(in_tmp / "toy_base.yaml", title="toy base", citation="-",
-                      jobs={"sweep": {"method": ["base"], "seed": [0]}}, output={"kind": "winrate", "rows": ["base"]})
-    assert main(["paper", str(spec), *extra]) == 0
-    assert "1 missing (running them" in capsys.readouterr().err
-    (job,) = list((res / "runs").iterdir())
-    assert (job / "result.json").is_file() and (job / "samples.png").is_file()
-    meta = json.loads((job / "samples.json").read_text())
-    assert len(meta["items"]) == 2 and meta["rows"] == ["base", "model"]
-    assert main(["paper", str(spec), *extra]) == 0
-    assert "1 job(s), 0 missing" in capsys.readouterr().err
-    assert json.loads((in_tmp / "toy_base" / "summary.json").read_text())["jobs"] == [job.name]
-    out = A.report(res, in_tmp / "rep")
-    assert (in_tmp / "rep" / "grids" / "grid-tiny-sd15.png").is_file() and not out.problems
-
-
 def test_saved_figures_are_byte_identical_when_regenerated(tmp_path, monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from bench.analysis import _save
     blobs = []
     for d, epoch in (("a", "1000000000"), ("b", "1700000000")):
         monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)    # matplotlib dates PDFs from it
@@ -474,7 +329,7 @@ def test_report_over_runs_with_different_scorer_sets(tmp_path):
     shutil.rmtree(third)
     write_job(third, res, df, "{}\n")
 
-    out = A.report(root, tmp_path / "report")
+    out = report(root, tmp_path / "report")
     assert not out.problems
     assert (tmp_path / "report" / "report.html").is_file()
     assert list((tmp_path / "report").rglob("winrates*.png"))              # the figure that crashed
@@ -523,7 +378,7 @@ def _disjoint(boxes) -> list:
 def test_winrate_figure_with_14_configurations_is_faceted_and_nothing_covers_the_data():
     import matplotlib.pyplot as plt
     lb = many_configs(14)
-    fig = A.winrate_figure(lb, FOUR_SCORERS)
+    fig = winrate_figure(lb, FOUR_SCORERS)
     try:
         data_axes = [ax for ax in fig.axes if ax.get_visible()]
         assert len(data_axes) == 2 * len(FOUR_SCORERS)                  # one panel per (backbone, scorer)
@@ -535,10 +390,10 @@ def test_winrate_figure_with_14_configurations_is_faceted_and_nothing_covers_the
         first = data_axes[0]
         ticks = [t for t in first.get_yticklabels() if t.get_text()]
         assert len(ticks) == 14
-        assert max(len(t.get_text()) for t in ticks) <= A.SHORT_LABEL + 5
+        assert max(len(t.get_text()) for t in ticks) <= SHORT_LABEL + 5
         assert not _disjoint(_boxes(fig, ticks))
         key = "\n".join(t.get_text() for t in fig.texts)
-        assert all(lab in key for lab in lb.label if len(lab) > A.SHORT_LABEL)
+        assert all(lab in key for lab in lb.label if len(lab) > SHORT_LABEL)
         assert not [1 for k in _boxes(fig, fig.texts) for p in panels + legends if k.overlaps(p)]
         # titles of the panels and the figure title apart
         titles = [ax.title for ax in data_axes] + [fig._suptitle]
@@ -548,7 +403,7 @@ def test_winrate_figure_with_14_configurations_is_faceted_and_nothing_covers_the
 
 
 def test_short_labels_number_the_same_config_alike_and_keep_short_ones():
-    short, key = A.short_labels(["sft", "dpo (beta=5000.0, caption_dropout=0.2)", "sft",
+    short, key = short_labels(["sft", "dpo (beta=5000.0, caption_dropout=0.2)", "sft",
                                  "dpo (beta=5000.0, caption_dropout=0.2)", "kto (beta=1000.0, desirable=0.8)"],
                                 ["sft", "dpo", "sft", "dpo", "kto"])
     assert short == {"sft": "sft", "dpo (beta=5000.0, caption_dropout=0.2)": "dpo [1]",
@@ -564,13 +419,13 @@ def test_image_grid_with_14_configurations_wraps_and_titles_do_not_overlap():
     keys = [(f"p{i}", 0) for i in range(3)]
     tiles = lambda: {k: rng.random((16, 16, 3)) for k in keys}       # noqa: E731
     cols = [(r.label, tiles(), r.method) for r in g.itertuples()]
-    fig = A.grid_figure("tiny-sd15", keys, {k: f"prompt {k[0]}" for k in keys}, tiles(), cols)
+    fig = grid_figure("tiny-sd15", keys, {k: f"prompt {k[0]}" for k in keys}, tiles(), cols)
     try:
         titled = [ax for ax in fig.axes if ax.get_title()]
         # 14 configurations + base wrap into blocks of <= GRID_COLUMNS columns, each starting with base
         blocks = [ax.get_title() for ax in titled]
         assert blocks.count("base") == 2 and len(blocks) == 14 + 2
-        assert all(len(chunk) <= A.GRID_COLUMNS for chunk in _split_at_base(blocks))
+        assert all(len(chunk) <= GRID_COLUMNS for chunk in _split_at_base(blocks))
         assert len(fig.axes) == (14 + 2) * len(keys)
         titles = [ax.title for ax in titled] + [fig._suptitle]
         assert not _disjoint(_boxes(fig, titles))

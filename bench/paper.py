@@ -293,13 +293,17 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
         from bench.world import NEGATIVE_ATTRIBUTES
         rows = []
         first = True
+        neg: list[str] = []
         for key in rows_wanted:
             for _, r in _row(lb, key).iterrows():
                 df = pooled_scores([by_dir[d] for d in r.job_dirs.split(";")])
                 if first:
+                    # the attributes the runs' score files hold (runs made before an attribute
+                    # existed have no column for it)
+                    neg = [a for a in NEGATIVE_ATTRIBUTES if a in df and f"base_{a}" in df]
                     rows.append(["base (reference)", Cell.of(st.mean_estimate(df, "base_n_negative"), digits=2),
                                  Cell(0.0, 0.0, 0.0, digits=2, signed=True)]
-                                + [Cell(float(df[f"base_{a}"].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
+                                + [Cell(float(df[f"base_{a}"].mean()), digits=2) for a in neg])
                     ours[("base", "n_negative")] = rows[-1][1]
                     first = False
                 if r.method == "base":
@@ -307,11 +311,11 @@ def write_paper_output(spec: PaperSpec, runs: list[Run], out: Path, wall_s: floa
                 df["_delta"] = df["n_negative"] - df["base_n_negative"]
                 rows.append([r.label, Cell.of(st.mean_estimate(df, "n_negative"), digits=2),
                              Cell.of(st.mean_estimate(df, "_delta", null=0.0), digits=2, signed=True)]
-                            + [Cell(float(df[a].mean()), digits=2) for a in NEGATIVE_ATTRIBUTES])
+                            + [Cell(float(df[a].mean()), digits=2) for a in neg])
                 ours[(key, "n_negative")] = ours[(r.label, "n_negative")] = rows[-1][1]
                 ours[(key, "n_negative_delta")] = ours[(r.label, "n_negative_delta")] = rows[-1][2]
         tables.append(Table(spec.title, ["method", "negatives / image", "Δ vs base"]
-                            + [f"−{a}" for a in NEGATIVE_ATTRIBUTES], rows,
+                            + [f"−{a}" for a in neg], rows,
                             "Mean count of negative attributes per image (lower is better) with its 95% CI; Δ paired "
                             "with the base image of the same prompt and seed. CIs seed-aware where a row pools >= 2 "
                             "training seeds (bench.statistics)."))

@@ -8,8 +8,8 @@ from bench.backbones import Backbone, build_tiny
 from bench.registry import BenchError
 from bench.refcache import Draws
 from bench.results import job_hash
-from bench.train import (Batch, Method, RefreshSpec, TrainConfig, _batches, _reference_draws, per_sample_error,
-                         setup_policy, train)
+from bench.objective import per_sample_error
+from bench.train import Batch, Method, RefreshSpec, TrainConfig, _batches, _reference_draws, setup_policy, train
 from methods.dpo import DPO, DPOConfig
 from tests.test_train import pairs
 

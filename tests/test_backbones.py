@@ -5,9 +5,10 @@ import torch
 
 from bench import world as W
 from bench.autoencoder import SpaceToDepthAutoencoder
-from bench.backbones import (ASSETS, Backbone, PretrainConfig, TinyArch, build_tiny,
-                             load_pipeline_dir, make_tokenizer, min_snr_weight, pretrain, recipe,
-                             shipped_weights)
+from bench.backbones import Backbone, PretrainConfig, TinyArch, load_pipeline_dir
+from bench.backbones.pretraining import min_snr_weight, pretrain
+from bench.backbones.shipped import shipped_weights
+from bench.backbones.tiny import ASSETS, build_tiny, make_tokenizer, recipe
 from bench.registry import BenchError
 from bench.sample import generate, initial_latents
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench import world as W
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.data import PairData, encode_png
 from bench.feedback import (AttributeData, ImageData, VoteData, annotate_attributes, kto_sampling_weights,
                             load_attributes, load_kto, load_votes, pickapic_to_kto, score_votes,

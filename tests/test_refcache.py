@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.registry import BenchError
 from bench.refcache import Draws
 from bench.results import job_hash

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.data import PairData
 from bench.objective import draw_noise
 from bench.registry import BenchError

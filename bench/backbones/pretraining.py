@@ -1,11 +1,21 @@
 """Pretraining a tiny backbone on the shapes world's defective corpus (`python -m bench pretrain`),
 cached by the hash of its recipe (bench/backbones/tiny.py `recipe`) and deterministic.
+
+The loop is built from the alignment trainer's pieces: examples, caption dropout, noise and
+timesteps drawn in the trainer's order from one CPU generator, and the per-sample error
+(bench/objective.py); AdamW, the warmup schedule, clipping and stepping, and the EMA update with
+diffusers' decay warmup that the trainer's reference refresh uses (bench/optim.py). It differs
+from the trainer where pretraining differs from fine-tuning: the text encoders train with the
+UNet (prompts are encoded every step, with gradients), the loss is weighted by the recipe
+(`loss_weight`), the learning rate decays along a half cosine after the warmup, the EMA of the
+weights (the result) warms its decay up where the trainer's keeps it fixed from the first step,
+and the run keeps no resumable state. It runs on the CPU whatever accelerator is present: the cache key names no
+device, so the weights of an entry must not depend on the machine's accelerator.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -19,6 +29,8 @@ from bench.backbones.shipped import checked_asset
 from bench.backbones.tiny import (PIPELINE_DIR, PretrainConfig, TinyArch, build_tiny, recipe, short_hash,
                                   transfer_weights)
 from bench.files import atomic
+from bench.objective import draw_examples, draw_noise, drop_captions, per_sample_error
+from bench.optim import clip_and_step, ema_decay_at, ema_update, lr_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +72,8 @@ def render_corpus(world_cfg: W.WorldConfig, n: int, seed: int) -> tuple[torch.Te
 
 def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldConfig,
              cache_dir: Path, progress: bool = True) -> Path:
-    """Pretrain a tiny backbone on the defective corpus; cached by recipe hash. Deterministic."""
+    """Pretrain a tiny backbone on the defective corpus; cached by recipe hash. Deterministic.
+    Returns the saved pipeline's directory."""
     rec = recipe(name, arch, pre, world_cfg)
     out = Path(cache_dir) / "pretrain" / f"{name}-{short_hash(rec)}"
     if (out / PIPELINE_DIR / "model_index.json").is_file():
@@ -78,34 +91,28 @@ def pretrain(name: str, arch: TinyArch, pre: PretrainConfig, world_cfg: W.WorldC
     modules = [pipe.unet] + bb.text_encoders
     params = [p for m in modules for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=pre.lr, weight_decay=pre.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / pre.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(s / pre.steps, 1.0))))
+    # AdamW with torch's default betas and eps
+    opt = make_optimizer(params, "adamw", pre.lr, pre.weight_decay)
+    sched = lr_schedule(opt, pre.warmup, cosine_steps=pre.steps)
     gen = torch.Generator().manual_seed(pre.seed)
-    noise_sched = bb.noise_scheduler
+    n_t = bb.noise_scheduler.config.num_train_timesteps
+    alphas_cumprod = bb.noise_scheduler.alphas_cumprod
     for m in modules:
         m.train()
     t0, losses = time.time(), []
     bar = tqdm(range(pre.steps), desc=f"pretrain {name}", disable=not progress, mininterval=5)
     for step in bar:
-        idx = torch.randint(0, len(images), (pre.batch_size,), generator=gen)
-        x = images[idx].float() / 255.0
-        drop = (torch.rand(pre.batch_size, generator=gen) < pre.empty_prompt_prob).tolist()
+        idx = draw_examples(len(images), pre.batch_size, gen)
+        drop = drop_captions(pre.batch_size, pre.empty_prompt_prob, gen)
         cond = bb.encode_prompts(["" if d else texts[i] for i, d in zip(idx.tolist(), drop)], grad=True)
-        latents = bb.encode_images(x)
-        noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (pre.batch_size,), generator=gen)
-        pred = bb.predict(pipe.unet, noise_sched.add_noise(latents, noise, t), t, cond)
-        per = (pred - bb.target(latents, noise, t)).pow(2).mean(dim=(1, 2, 3))
-        loss = (per * loss_weight(pre, noise_sched.alphas_cumprod, t, bb.prediction_type)).mean()
+        latents = bb.encode_images(images[idx].float() / 255.0)
+        noise, t = draw_noise(latents, paired=False, n_timesteps=n_t, gen=gen)
+        weights = loss_weight(pre, alphas_cumprod, t, bb.prediction_type)
+        loss = per_sample_error(bb, pipe.unet, latents, noise, t, cond, weights).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, pre.grad_clip)
-        opt.step(); sched.step()
-        with torch.no_grad():
-            d = min(pre.ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - d)
+        clip_and_step(opt, sched, params, pre.grad_clip)
+        ema_update(ema, params, ema_decay_at(pre.ema_decay, step))
         losses.append(loss.item())
         if step % 100 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")

@@ -68,7 +68,7 @@ class TrainConfig:
     # et al. 2023, Eq. 14), which the reference sets constant: `none` (reference). `v_cap` weights
     # the epsilon error by min(1/abar_t, error_weight_cap) (x abar_t for v targets), i.e. the
     # v-prediction loss in epsilon units, capped: the weighting the tiny bases were pretrained
-    # with (bench/backbones.py loss_weight). Our option; applies to every method alike.
+    # with (bench/backbones/pretraining.py loss_weight). Our option; applies to every method alike.
     error_weighting: str = "none"
     error_weight_cap: float = 100.0
     # EMA of the trained weights, returned as the policy (diffusers EMAModel, as the text-to-image

@@ -308,8 +308,8 @@ def defects_vs_corpus(summary: dict, world_cfg: "W.WorldConfig") -> dict:
     positive one missing) in the base's samples and in a fresh draw of the pretraining corpus, and
     their ratio: a defect the base learned from its data appears at about its corpus rate (ratio
     near 1); a ratio far above 1 is a failure of the model's capacity, not a learned mode."""
-    from bench import backbones as B
-    images, texts = B.render_corpus(world_cfg, CORPUS_PROBE["n"], CORPUS_PROBE["seed"])
+    from bench.backbones.pretraining import render_corpus
+    images, texts = render_corpus(world_cfg, CORPUS_PROBE["n"], CORPUS_PROBE["seed"])
     corpus = attribute_summary(attribute_table(images, texts))
     out = {}
     for a in W.ATTRIBUTES:
@@ -322,18 +322,21 @@ def defects_vs_corpus(summary: dict, world_cfg: "W.WorldConfig") -> dict:
 def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
     """Pretrain the configured tiny backbone (cached), then measure the base model on the eval
     prompts: per-attribute accuracy and fully-correct rate (gold judge). --export ships it."""
-    from bench import backbones as B
+    from bench.backbones import TinyBackboneConfig, load_pipeline_dir, make_backbone
+    from bench.backbones.pretraining import pretrain
+    from bench.backbones.shipped import export_shipped
+    from bench.backbones.tiny import PIPELINE_DIR
     job = validate(cfg)
-    if not isinstance(job.backbone, B.TinyBackboneConfig):
+    if not isinstance(job.backbone, TinyBackboneConfig):
         raise BenchError(f"pretrain is for tiny backbones; {job.backbone.name} has pretrained weights")
-    path = B.pretrain(job.backbone.name, job.backbone.arch, job.backbone.pretrain, job.world,
-                      Path(job.paths.cache), progress=job.progress)
+    path = pretrain(job.backbone.name, job.backbone.arch, job.backbone.pretrain, job.world,
+                    Path(job.paths.cache), progress=job.progress)
     # wall time of the last phase as trained (a cache hit costs nothing now)
     wall = json.loads((path.parent / "train_log.json").read_text())["wall_s"]
     if export:
-        path = B.export_shipped(path, job.backbone.name) / B.PIPELINE_DIR
-    bb = B.make_backbone(job.backbone.name, B.load_pipeline_dir(path), job.world.image_size,
-                    job.backbone.guidance_scale, job.backbone.num_inference_steps)
+        path = export_shipped(path, job.backbone.name) / PIPELINE_DIR
+    bb = make_backbone(job.backbone.name, load_pipeline_dir(path), job.world.image_size,
+                       job.backbone.guidance_scale, job.backbone.num_inference_steps)
     prompts = eval_prompts(job)
     n = job.backbone.pretrain.eval_seeds
     texts = [p.text for p in prompts for _ in range(n)]

@@ -16,6 +16,8 @@ Training data the trainer batches (feedback kinds: bench/data/loaders.py):
                replacement, proportionally to `sampling_weights` when given
 
 Per-sample error, as in Diffusion-DPO's train.py: e(x) = mean over C, H, W of (pred - target)^2.
+The step's random draws and that error (bench/objective.py) and the optimisation pieces
+(bench/optim.py) are shared with the tiny backbones' pretraining.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ from bench.registry import BenchError
 # the method contract (bench/method.py), imported here for bench.train's users
 from bench.method import Batch, Method, RefreshSpec  # noqa: F401
 from bench.data.stream import rank_seed
+from bench.objective import draw_examples, draw_noise, drop_captions, per_sample_error
+from bench.optim import clip_and_step, ema_decay_at, ema_update, lr_schedule, make_optimizer
 from bench.files import atomic
 
 log = logging.getLogger(__name__)
@@ -64,10 +68,7 @@ def _batches(method: Method, data, cfg: TrainConfig, gen: torch.Generator):
             raise BenchError("no images to train on; add data")
         w = data.sampling_weights
         while True:
-            if w is None:
-                i = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-            else:   # torch WeightedRandomSampler semantics: independent draws, with replacement
-                i = torch.multinomial(w.double(), cfg.batch_size, replacement=True, generator=gen)
+            i = draw_examples(n, cfg.batch_size, gen, w)
             yield Batch(data.images[i], [data.captions[k] for k in i.tolist()], False,
                         labels=None if data.labels is None else data.labels[i],
                         extra=_rows(data.extra, i), groups=i)
@@ -79,12 +80,12 @@ def _batches(method: Method, data, cfg: TrainConfig, gen: torch.Generator):
     if method.feedback == "images":
         # The preferred image of every non-tie pair (the Diffusion-DPO paper's SFT baseline).
         while True:
-            i = keep[torch.randint(0, len(keep), (cfg.batch_size,), generator=gen)]
+            i = keep[draw_examples(len(keep), cfg.batch_size, gen)]
             yield Batch(data.winners[i], [data.captions[k] for k in i.tolist()], False, groups=i)
     if len(keep) == 0:
         raise BenchError("no non-tie pairs to train on; set data.keep_ties=false or add data")
     while True:
-        i = keep[torch.randint(0, len(keep), (cfg.batch_size,), generator=gen)]
+        i = keep[draw_examples(len(keep), cfg.batch_size, gen)]
         caps = [data.captions[k] for k in i.tolist()]
         yield Batch(torch.cat([data.winners[i], data.losers[i]]), caps + caps, True,
                     weights=None if weights is None else weights[i],
@@ -142,9 +143,8 @@ class Reference:
         else:
             n, d = self._n_ema, r.ema_decay
             if r.ema_warmup:   # diffusers EMAModel.get_decay (use_ema_warmup=False): 0, then (1+n)/(10+n)
-                d = 0.0 if n == 0 else min(d, (1 + n) / (10 + n))
-            for q, p in pairs:
-                q.lerp_(p, 1.0 - d)
+                d = 0.0 if n == 0 else ema_decay_at(d, n)
+            ema_update([q for q, _ in pairs], [p for _, p in pairs], d)
             self._n_ema += 1
         self.refreshed_at.append(step)
         return True
@@ -215,40 +215,6 @@ def error_weights(backbone, t: torch.Tensor, cfg: TrainConfig) -> torch.Tensor |
     return w * abar if backbone.prediction_type == "v_prediction" else w
 
 
-def per_sample_error(backbone, unet, latents, noise, t, cond, weights=None) -> torch.Tensor:
-    pred = backbone.predict(unet, backbone.noise_scheduler.add_noise(latents, noise, t), t, cond)
-    target = backbone.target(latents, noise, t)
-    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-    return err if weights is None else err * weights
-
-
-def draw_noise(latents: torch.Tensor, paired: bool, n_timesteps: int, gen: torch.Generator):
-    """Noise and timesteps; inside a pair the winner and loser share both (DiffusionDPO train.py:
-    `noise.chunk(2)[0].repeat(2, 1, 1, 1)`, `timesteps.chunk(2)[0].repeat(2)`)."""
-    n = len(latents) // 2 if paired else len(latents)
-    noise = torch.randn((n,) + latents.shape[1:], generator=gen)
-    t = torch.randint(0, n_timesteps, (n,), generator=gen)
-    if paired:
-        noise, t = noise.repeat(2, 1, 1, 1), t.repeat(2)
-    return noise, t
-
-
-def make_optimizer(params: list, cfg: TrainConfig, lr: float):
-    """The optimizer train.optimizer names (check_config has checked the name and bitsandbytes)."""
-    if cfg.optimizer == "adafactor":
-        # DiffusionDPO train.py (SDXL): Adafactor(lr, weight_decay, clip_threshold=1.0,
-        # scale_parameter=False, relative_step=False)
-        from transformers.optimization import Adafactor
-        return Adafactor(params, lr=lr, weight_decay=cfg.weight_decay, clip_threshold=1.0,
-                         scale_parameter=False, relative_step=False, warmup_init=False)
-    if cfg.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                                   weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
-                             weight_decay=cfg.weight_decay)
-
-
 def learning_rate(cfg: TrainConfig) -> float:
     """train.lr, times the global batch (batch_size x grad_accum) with train.scale_lr."""
     return cfg.lr * cfg.batch_size * cfg.grad_accum if cfg.scale_lr else cfg.lr
@@ -309,9 +275,9 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
     policy_params = [p for p in unet.parameters() if p.requires_grad]
     params = policy_params + extra
     lr = learning_rate(cfg)
-    opt = make_optimizer(params, cfg, lr)
+    opt = make_optimizer(params, cfg.optimizer, lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
     scaler = precision.scaler()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)))
+    sched = lr_schedule(opt, cfg.warmup)
     ema = None
     if cfg.ema_decay is not None:
         from diffusers.training_utils import EMAModel
@@ -369,9 +335,7 @@ def train(backbone, method: Method, data, cfg: TrainConfig, seed: int, ckpt_dir:
             keys = list(micro[0])
             vals = accelerator.reduce(torch.tensor([[m[k] for k in keys] for m in micro], dtype=torch.float64), "mean")
             micro = [dict(zip(keys, row.tolist())) for row in vals]
-        scaler.unscale_(opt)                      # fp16: true gradients before clipping
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(opt); scaler.update(); sched.step()
+        clip_and_step(opt, sched, params, cfg.grad_clip, scaler)   # fp16: unscaled before clipping
         if ema is not None:
             ema.step(policy_params)
         if reference is not None:
@@ -499,7 +463,7 @@ def _micro_step(backbone, method: Method, unet, reference, b: Batch, enc: dict, 
     if draws is not None:
         noise, t, drop, cached_ref = draws.take(b, gen)
     else:
-        drop = (torch.rand(n_groups, generator=gen) < cfg.empty_prompt_prob).tolist()
+        drop = drop_captions(n_groups, cfg.empty_prompt_prob, gen)
         if b.paired:
             drop = drop + drop                # a pair keeps or drops its caption together
     cond = method.condition(_conditioning(b, caps, drop, enc, caption_row), b)

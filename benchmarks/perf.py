@@ -166,7 +166,8 @@ def _loss_gap(bb, data, base, B, caption) -> float:
     """|loss(ours, cached reference errors) - loss(reference formulation)| on identical weights,
     noise and timesteps (the draws of train.ref_draws), at initialisation."""
     import copy
-    from bench.train import Batch, TrainConfig, _reference_draws, per_sample_error, setup_policy
+    from bench.objective import per_sample_error
+    from bench.train import Batch, TrainConfig, _reference_draws, setup_policy
     from methods.dpo import DPO, DPOConfig
     bb.pipe.unet.load_state_dict(base)
     cfg = TrainConfig(batch_size=B, ref_draws=2, empty_prompt_prob=0.0)

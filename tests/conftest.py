@@ -20,7 +20,8 @@ def tiny_arch():
 def tiny_pipe_dir(tmp_path_factory, tiny_arch):
     """A short pretraining run (the real recipe code, few steps), saved in the HF layout."""
     from bench import world as W
-    from bench.backbones import PretrainConfig, pretrain
+    from bench.backbones import PretrainConfig
+    from bench.backbones.pretraining import pretrain
     pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2, snr_gamma=None, init_from=None)
     return pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path_factory.mktemp("cache"),
                     progress=False)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from bench import world as W
-from bench.backbones import (BACKBONES, XLBackbone, build_tiny, load_pipeline_dir, load_real,
-                             make_backbone, recipe, tiny_arch, transfer_weights)
+from bench.backbones import XLBackbone, load_pipeline_dir, load_real, make_backbone, tiny_arch
+from bench.backbones.tiny import build_tiny, recipe, transfer_weights
 from bench.data.pairs import PairData
-from bench.registry import BenchError
+from bench.registry import BACKBONES, BenchError
 from bench.sample import generate
 from bench.train import TrainConfig, train
 from methods.dpo import DPO, DPOConfig
@@ -128,12 +128,13 @@ def test_warm_start_copies_every_tensor_that_fits():
 
 
 def test_sibling_recipes_name_their_warm_start_and_its_checksums():
-    from bench.backbones import ASSETS, _hash, checked_asset
+    from bench.backbones.shipped import checked_asset
+    from bench.backbones.tiny import ASSETS, short_hash
     sums = json.loads((ASSETS / "tiny-sd15" / "SHA256SUMS.json").read_text())
     for name in ("tiny-sd21", "tiny-sdxl"):
         cfg = BACKBONES.get(name).Config()
         rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
-        assert rec["pretrain"]["warm_start"] == "tiny-sd15" and rec["warm_start_sha256"] == _hash(sums)
+        assert rec["pretrain"]["warm_start"] == "tiny-sd15" and rec["warm_start_sha256"] == short_hash(sums)
     assert checked_asset("tiny-sd15") == ASSETS / "tiny-sd15" / "pipeline"
     with pytest.raises(BenchError, match="no weights to warm-start from"):
         checked_asset("tiny-sd99")
@@ -177,7 +178,8 @@ def test_real_loader_without_weights_says_what_and_where(tmp_path, monkeypatch, 
 
 
 def test_loss_weight_is_the_same_in_epsilon_and_v_units():
-    from bench.backbones import PretrainConfig, loss_weight
+    from bench.backbones import PretrainConfig
+    from bench.backbones.pretraining import loss_weight
     ac, t = torch.tensor([0.9, 0.5, 0.001]), torch.tensor([0, 1, 2])
     pre = PretrainConfig(snr_gamma=None, v_weight_cap=100.0)
     # epsilon units: min(1/abar, 100) = 1.111, 2, 100 (capped)

@@ -5,10 +5,11 @@ import torch
 
 from bench import world as W
 from bench.autoencoder import SpaceToDepthAutoencoder
-from bench.backbones import (ASSETS, Backbone, PretrainConfig, TinyArch, build_tiny,
-                             load_pipeline_dir, make_tokenizer, min_snr_weight, pretrain, recipe,
-                             shipped_weights)
-from bench.registry import BenchError
+from bench.backbones import Backbone, PretrainConfig, TinyArch, load_pipeline_dir
+from bench.backbones.pretraining import min_snr_weight, pretrain
+from bench.backbones.shipped import shipped_weights
+from bench.backbones.tiny import ASSETS, build_tiny, make_tokenizer, recipe, short_hash
+from bench.registry import BACKBONES, BenchError
 from bench.sample import generate, initial_latents
 
 
@@ -92,3 +93,35 @@ def test_shipped_weights_match_recipe_and_checksums():
     with pytest.raises(BenchError, match="another recipe"):
         shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(steps=1), W.WorldConfig())
     assert recipe("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())["format"] == 1
+
+
+# The cache keys of the default recipes: a change to `recipe` or its hashing renames every
+# pretraining cache entry (and the shipped recipe.json files would no longer match).
+RECIPE_HASHES = {"tiny-sd15": "8095d50c1099", "tiny-sd21": "6d5bb144c0dd", "tiny-sdxl": "2f05c706deec"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_HASHES))
+def test_every_shipped_backbone_matches_its_default_recipe_and_cache_key(name):
+    cfg = BACKBONES.get(name).Config()
+    rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
+    assert short_hash(rec) == RECIPE_HASHES[name]
+    if (ASSETS / name / "recipe.json").is_file():
+        # the committed recipe.json and SHA256SUMS.json hold (shipped_weights checks both)
+        assert shipped_weights(name, cfg.arch, cfg.pretrain, W.WorldConfig()) == ASSETS / name / "pipeline"
+
+
+def test_pretraining_keeps_its_numbers(tiny_arch, tiny_pipe_dir):
+    """The conftest recipe (4 steps from random init, weighted loss, warmup, EMA) gives the figures
+    the pretraining loop gave before it was built from the trainer's pieces (bench/optim.py,
+    bench/objective.py), where its weights were equal to the bit. The tolerance only admits other
+    CPUs' kernels: a change of the draws, schedule, weighting, clipping or EMA moves them far more."""
+    log = json.loads((tiny_pipe_dir.parent / "train_log.json").read_text())
+    assert log["loss_every_100"] == [pytest.approx(19.384220123291016, rel=1e-4)]
+    init = build_tiny(tiny_arch, 32, seed=PretrainConfig().seed)     # conftest's recipe keeps the seed
+    pipe = load_pipeline_dir(tiny_pipe_dir)
+    moved = {}
+    for part in ("unet", "text_encoder"):        # sum of |final - initial| over every tensor
+        a, b = getattr(pipe, part).state_dict(), getattr(init, part).state_dict()
+        moved[part] = sum(float((a[k].double() - b[k].double()).abs().sum()) for k in a)
+    assert moved == {"unet": pytest.approx(141.78184480380907, rel=1e-4),
+                     "text_encoder": pytest.approx(9.706202532476592, rel=1e-4)}

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.checkpoint import RESUME_DIR, STATE_JSON, STATE_TENSORS
 from bench.data.pairs import PairData
 from bench.train import RefreshSpec, TrainConfig, train

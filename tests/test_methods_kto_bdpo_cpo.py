@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from bench import world as W
-from bench.backbones import Backbone, build_tiny
-from bench.data.pairs import encode_png, PairData
-from bench.data.attributes import annotate_attributes, AttributeData, load_attributes
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
+from bench.data.attributes import AttributeData, annotate_attributes, load_attributes
 from bench.data.likes import kto_sampling_weights, load_kto, pickapic_to_kto, world_comparisons
-from bench.data.pairs import ImageData
-from bench.data.votes import load_votes, score_votes, VoteData
+from bench.data.pairs import ImageData, PairData, encode_png
+from bench.data.votes import VoteData, load_votes, score_votes
 from bench.registry import BenchError
 from bench.train import Method, Reference, RefreshSpec, TrainConfig, _batches, train
 from methods.balanced_dpo import BalancedDPO, BalancedDPOConfig, consensus

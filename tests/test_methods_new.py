@@ -173,7 +173,8 @@ class _Linear(torch.nn.Module):
 
 
 def _toy_step(method, unet, lat, noise, ref_err):
-    from bench.train import StepContext, per_sample_error
+    from bench.objective import per_sample_error
+    from bench.train import StepContext
     t = torch.zeros(len(lat), dtype=torch.long)
     err = per_sample_error(_ToyBackbone, unet, lat, noise, t, {})
     ctx = StepContext(_ToyBackbone, unet, None, lat, noise, t, {}, step=0)

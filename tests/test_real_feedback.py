@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.data.pairs import decode_image, encode_png
 from bench.evaluate import get_scorer
 from bench.data.loaders import load_for_method

@@ -4,12 +4,13 @@ import math
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.registry import BenchError
 from bench.refcache import Draws
 from bench.results import job_hash
-from bench.train import (Batch, Method, RefreshSpec, TrainConfig, _batches, _reference_draws, per_sample_error,
-                         setup_policy, train)
+from bench.objective import per_sample_error
+from bench.train import Batch, Method, RefreshSpec, TrainConfig, _batches, _reference_draws, setup_policy, train
 from methods.dpo import DPO, DPOConfig
 from tests.test_train import pairs
 

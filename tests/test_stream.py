@@ -154,7 +154,8 @@ def test_hpdv2_streams_every_pair_across_ranks(tmp_path):
 # ----------------------------------------------------------------------------- the latent cache
 
 def tiny_backbone(tiny_arch, vae_kind):
-    from bench.backbones import Backbone, build_tiny
+    from bench.backbones import Backbone
+    from bench.backbones.tiny import build_tiny
     pipe = build_tiny(tiny_arch, RES)
     if vae_kind == "kl":      # a real AutoencoderKL (random weights): its posterior has a real std
         from diffusers import AutoencoderKL

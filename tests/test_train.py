@@ -3,10 +3,12 @@ import math
 import pytest
 import torch
 
-from bench.backbones import Backbone, build_tiny
+from bench.backbones import Backbone
+from bench.backbones.tiny import build_tiny
 from bench.data.pairs import PairData
+from bench.objective import draw_noise
 from bench.registry import BenchError
-from bench.train import Method, TrainConfig, _batches, draw_noise, setup_policy, train
+from bench.train import Method, TrainConfig, _batches, setup_policy, train
 from methods.dpo import DPO, DPOConfig
 from methods.sft import SFT
 

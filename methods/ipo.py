@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.lazy import torch  # noqa: F401  (the loss uses tensor methods only)
 from bench.method import Method
 from bench.registry import METHODS, MethodConfig
 
@@ -43,7 +42,8 @@ class IPO(Method):
     def loss(self, err, ref_err):
         e_w, e_l = err.chunk(2)
         r_w, r_l = ref_err.chunk(2)
-        logits = (r_w - r_l) - (e_w - e_l)
+        from methods.dpo import dpo_margin       # here: importing this module must not import torch
+        logits = dpo_margin(e_w, e_l, r_w, r_l, beta=1.0, half=False)   # the shared core, unscaled
         target = 1.0 / (2.0 * self.cfg.beta)
         loss = (logits - target).pow(2).mean()
         return loss, {"implicit_acc": (logits > 0).float().mean(),

@@ -131,8 +131,33 @@ def test_a_generator_pool_writes_model_columns_that_round_trip(tmp_path):
     assert len(load_pickapic(path, keep_ties=True)) == 40
 
 
+def test_the_curated_renderer_draws_none_of_the_learned_modes(tmp_path):
+    """renderer@curated stands for a generator without the base's learned modes: in a world
+    whose corpus frames every image (style mode and prompt-linked mode) and draws stray objects
+    on every triangle, the plain renderer's images carry them and the curated renderer's do not."""
+    from types import SimpleNamespace
+    from bench import world as W
+    from bench.data.config import DataConfig
+    from bench.data.world_pairs import world_preferences
+    palette = list(W.PALETTE)
+    clean = {f: 0.0 for f in vars(W.DefectRates())}
+    world = W.WorldConfig(defects=W.DefectRates(**{**clean, "frame": 1.0}),
+                          modes=W.LinkedModes(frame_backgrounds=palette, frame_rate=1.0, stray_rate=1.0))
+    cfg = DataConfig(n_pairs=30, generators=["renderer", "renderer@curated"])
+    df = pd.read_parquet(world_preferences(SimpleNamespace(name="tiny"), world, cfg, tmp_path, "w", None))
+    judged = {"renderer": [], "renderer@curated": []}
+    for _, row in df.iterrows():
+        for k in (0, 1):
+            img = decode_image(row[f"jpg_{k}"]).permute(1, 2, 0).numpy() / 255.0
+            judged[row[f"model_{k}"]].append(W.judge(img, W.parse_prompt(row.caption)))
+    assert all(len(v) == 30 for v in judged.values())
+    assert sum(j.framed for j in judged["renderer"]) >= 27        # the frame judge finds 60/60 planted frames
+    assert not any(j.framed for j in judged["renderer@curated"])
+    assert all(j.colour_ok and j.shape_ok and j.count_ok and not j.extra_object for j in judged["renderer@curated"])
+
+
 @pytest.mark.parametrize("pool,match", [(["base", "base"], "different generators"), (["sdxl"], "unknown generator"),
-                                        (["base@x3"], "bad generator option"), (["renderer@g3"], "unknown generator"),
+                                        (["base@x3"], "bad generator option"), (["renderer@g3"], "unknown generator"), (["renderer@clean"], "unknown generator"),
                                         ([], "one or more")])
 def test_a_bad_generator_pool_is_one_line(pool, match):
     from bench.data.config import DataConfig

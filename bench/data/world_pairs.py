@@ -4,6 +4,7 @@ renderer with its corpus defect model), labelled by the simulated annotator and 
 Pick-a-Pic file with the real `model_0` / `model_1` columns (bench.data.pairs reads it)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,17 @@ class Generator:
     kind: str                          # base | renderer
     guidance: float | None = None      # None: the backbone's
     steps: int | None = None
+    curated: bool = False              # renderer only: without world v2's learned modes
 
 
 def parse_generator(spec: str) -> Generator:
-    """"base", "base@g3", "base@s10", "base@g5@s10" or "renderer" (data.generators)."""
+    """"base", "base@g3", "base@s10", "base@g5@s10", "renderer" or "renderer@curated"
+    (data.generators)."""
     kind, *opts = str(spec).split("@")
     fix = ("data.generators entries are 'base', 'base@g<guidance>', 'base@s<steps>' (combinable, "
-           "e.g. 'base@g5@s10') or 'renderer'")
+           "e.g. 'base@g5@s10'), 'renderer' or 'renderer@curated'")
+    if kind == "renderer" and opts == ["curated"]:
+        return Generator(str(spec), kind, curated=True)
     if kind not in ("base", "renderer") or (kind == "renderer" and opts):
         raise BenchError(f"unknown generator {spec!r}; {fix}")
     settings: dict = {}
@@ -115,7 +120,7 @@ def _pool_images(pool: list[Generator], which: np.ndarray, chosen: list, texts: 
         if not slots:
             continue
         if gen.kind == "renderer":
-            imgs = [_render_slot(chosen[i // 2], seeds[i], world_cfg) for i in slots]
+            imgs = [_render_slot(chosen[i // 2], seeds[i], world_cfg, gen.curated) for i in slots]
         else:
             imgs = sample_fn([texts[i] for i in slots], [seeds[i] for i in slots], gen.guidance, gen.steps)
         for i, img in zip(slots, imgs):
@@ -123,11 +128,17 @@ def _pool_images(pool: list[Generator], which: np.ndarray, chosen: list, texts: 
     return torch.stack(out)
 
 
-def _render_slot(prompt: W.Prompt, seed: int, world_cfg: W.WorldConfig) -> torch.Tensor:
-    """The renderer as a generator: a corpus-like image (defects drawn from the corpus rates)."""
+def _render_slot(prompt: W.Prompt, seed: int, world_cfg: W.WorldConfig,
+                 curated: bool = False) -> torch.Tensor:
+    """The renderer as a generator: a corpus-like image (defects drawn from the corpus rates).
+    Curated, it stands for a generator trained on data without world v2's learned modes (as
+    Pick-a-Pic's generators do not share one model's modes): the v1 defects at their corpus
+    rates, no frame, hollow shapes, stray object or colour swap."""
     rng = np.random.default_rng(seed)
+    rates = (dataclasses.replace(world_cfg.defects, frame=0.0, hollow=0.0) if curated
+             else world_cfg.defects)
     img = W.render(prompt, rng, world_cfg.image_size,
-                   W.sample_defects(world_cfg.defects, rng, prompt, world_cfg.modes))
+                   W.sample_defects(rates, rng, prompt, None if curated else world_cfg.modes))
     return torch.from_numpy(np.round(img * 255).astype(np.uint8)).permute(2, 0, 1)
 
 

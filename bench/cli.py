@@ -1,8 +1,9 @@
 """`python -m bench <command> [overrides]`.
 
     run [+suite=NAME] [overrides]   one job, or a suite (a Hydra multirun sweep)
-    pretrain [--export] [overrides] pretrain the configured tiny backbone, report its base quality;
-                                    --export writes the shipped weights into bench/assets/
+    pretrain [--export[=DIR]] [overrides]  pretrain the configured tiny backbone, report its base
+                                    quality; --export writes the shipped weights into
+                                    bench/assets/[DIR/]<name> (world v2's: --export=world-v2)
     list                            every registry entry with one line each, and the suites
     leaderboard [RESULTS_DIR]       regenerate RESULTS_DIR/leaderboard.csv from its result files
     report [RESULTS_DIR] [--out DIR] [--prompts ID,...]
@@ -80,7 +81,8 @@ def run(cfg: DictConfig) -> None:
 def pretrain(cfg: DictConfig) -> None:
     def go(cfg):
         from bench.runner import pretrain_and_report
-        pretrain_and_report(cfg, export="--export" in EXTRA_FLAGS)
+        flag = next((a for a in EXTRA_FLAGS if a.split("=")[0] == "--export"), None)
+        pretrain_and_report(cfg, export=None if flag is None else flag.partition("=")[2])
     _guarded(go, cfg)
 
 

@@ -319,9 +319,10 @@ def defects_vs_corpus(summary: dict, world_cfg: "W.WorldConfig") -> dict:
     return out
 
 
-def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
+def pretrain_and_report(cfg: DictConfig, export: str | None = None) -> dict:
     """Pretrain the configured tiny backbone (cached), then measure the base model on the eval
-    prompts: per-attribute accuracy and fully-correct rate (gold judge). --export ships it."""
+    prompts: per-attribute accuracy and fully-correct rate (gold judge). `export` (--export[=DIR])
+    ships it to bench/assets/[DIR/]<name>."""
     from bench.backbones import TinyBackboneConfig, load_pipeline_dir, make_backbone
     from bench.backbones.pretraining import pretrain
     from bench.backbones.shipped import export_shipped
@@ -333,8 +334,8 @@ def pretrain_and_report(cfg: DictConfig, export: bool = False) -> dict:
                     Path(job.paths.cache), progress=job.progress)
     # wall time of the last phase as trained (a cache hit costs nothing now)
     wall = json.loads((path.parent / "train_log.json").read_text())["wall_s"]
-    if export:
-        path = export_shipped(path, job.backbone.name) / PIPELINE_DIR
+    if export is not None:
+        path = export_shipped(path, job.backbone.name, export) / PIPELINE_DIR
     bb = make_backbone(job.backbone.name, load_pipeline_dir(path), job.world.image_size,
                        job.backbone.guidance_scale, job.backbone.num_inference_steps)
     prompts = eval_prompts(job)

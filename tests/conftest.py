@@ -23,7 +23,7 @@ def tiny_pipe_dir(tmp_path_factory, tiny_arch):
     from bench.backbones import PretrainConfig
     from bench.backbones.pretraining import pretrain
     pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2, snr_gamma=None, init_from=None)
-    return pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path_factory.mktemp("cache"),
+    return pretrain("tiny-sd15", tiny_arch, pre, W.world_v1(), tmp_path_factory.mktemp("cache"),
                     progress=False)
 
 

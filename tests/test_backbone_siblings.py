@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import world as W
-from bench.backbones import XLBackbone, load_pipeline_dir, load_real, make_backbone, tiny_arch
+from bench.backbones import PretrainConfig, XLBackbone, load_pipeline_dir, load_real, make_backbone, tiny_arch
 from bench.backbones.tiny import build_tiny, recipe, transfer_weights
 from bench.data.pairs import PairData
 from bench.registry import BACKBONES, BenchError
@@ -131,10 +131,14 @@ def test_sibling_recipes_name_their_warm_start_and_its_checksums():
     from bench.backbones.shipped import checked_asset
     from bench.backbones.tiny import ASSETS, short_hash
     sums = json.loads((ASSETS / "tiny-sd15" / "SHA256SUMS.json").read_text())
+    from bench.backbones.tiny import SIBLING_PRETRAIN
     for name in ("tiny-sd21", "tiny-sdxl"):
         cfg = BACKBONES.get(name).Config()
-        rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
+        rec = recipe(name, cfg.arch, PretrainConfig(**SIBLING_PRETRAIN), W.world_v1())   # world v1's siblings
         assert rec["pretrain"]["warm_start"] == "tiny-sd15" and rec["warm_start_sha256"] == short_hash(sums)
+        own = json.loads((ASSETS / name / "SHA256SUMS.json").read_text())             # world v2's: from their v1 base
+        rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
+        assert rec["pretrain"]["warm_start"] == name and rec["warm_start_sha256"] == short_hash(own)
     assert checked_asset("tiny-sd15") == ASSETS / "tiny-sd15" / "pipeline"
     with pytest.raises(BenchError, match="no weights to warm-start from"):
         checked_asset("tiny-sd99")

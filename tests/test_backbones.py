@@ -53,7 +53,7 @@ def test_initial_noise_depends_only_on_prompt_and_seed(tiny_arch):
 
 def test_short_pretraining_is_cached_and_deterministic(tmp_path, tiny_arch, tiny_pipe_dir):
     pre = PretrainConfig(steps=4, batch_size=8, corpus_size=64, warmup=2, snr_gamma=None, init_from=None)
-    again = pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False)
+    again = pretrain("tiny-sd15", tiny_arch, pre, W.world_v1(), tmp_path, progress=False)
     a = load_pipeline_dir(tiny_pipe_dir).unet.state_dict()
     b = load_pipeline_dir(again).unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)              # same recipe, same weights
@@ -61,7 +61,7 @@ def test_short_pretraining_is_cached_and_deterministic(tmp_path, tiny_arch, tiny
     assert log["loss_every_100"] and log["loss_every_100"][0] > 0
     assert json.loads((again.parent / "recipe.json").read_text())["pretrain"]["steps"] == 4
     mtime = (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime
-    assert pretrain("tiny-sd15", tiny_arch, pre, W.WorldConfig(), tmp_path, progress=False) == again
+    assert pretrain("tiny-sd15", tiny_arch, pre, W.world_v1(), tmp_path, progress=False) == again
     assert (again / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime == mtime
 
 
@@ -86,28 +86,41 @@ def test_two_phase_recipe_continues_from_phase_one(tmp_path, tiny_arch):
 
 @pytest.mark.skipif(not (ASSETS / "tiny-sd15" / "recipe.json").is_file(), reason="no shipped weights")
 def test_shipped_weights_match_recipe_and_checksums():
-    path = shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())
-    assert (path / "model_index.json").is_file()
+    """Each world's recipe finds its own asset: v1's bases in bench/assets/<name>, v2's (the
+    default) in bench/assets/world-v2/<name>; any other recipe is refused."""
+    path = shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(), W.world_v1())
+    assert path == ASSETS / "tiny-sd15" / "pipeline" and (path / "model_index.json").is_file()
     pipe = load_pipeline_dir(path)
     assert sum(p.numel() for p in pipe.unet.parameters()) > 1e6
+    cfg = BACKBONES.get("tiny-sd15").Config()
+    assert shipped_weights("tiny-sd15", cfg.arch, cfg.pretrain, W.WorldConfig()) == ASSETS / "world-v2" / "tiny-sd15" / "pipeline"
     with pytest.raises(BenchError, match="another recipe"):
-        shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(steps=1), W.WorldConfig())
+        shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())   # v1 recipe, v2 world
+    with pytest.raises(BenchError, match="another recipe"):
+        shipped_weights("tiny-sd15", TinyArch(), PretrainConfig(steps=1), W.world_v1())
     assert recipe("tiny-sd15", TinyArch(), PretrainConfig(), W.WorldConfig())["format"] == 1
 
 
 # The cache keys of the default recipes: a change to `recipe` or its hashing renames every
 # pretraining cache entry (and the shipped recipe.json files would no longer match).
-RECIPE_HASHES = {"tiny-sd15": "8095d50c1099", "tiny-sd21": "6d5bb144c0dd", "tiny-sdxl": "2f05c706deec"}
+# World v1's recipes (bench/assets/<name>) and world v2's, the defaults (bench/assets/world-v2/<name>).
+RECIPE_HASHES_V1 = {"tiny-sd15": "8095d50c1099", "tiny-sd21": "6d5bb144c0dd", "tiny-sdxl": "2f05c706deec"}
+RECIPE_HASHES = {"tiny-sd15": "44b49b4207ec", "tiny-sd21": "8eb559c02950", "tiny-sdxl": "19ef962da644"}
 
 
 @pytest.mark.parametrize("name", sorted(RECIPE_HASHES))
 def test_every_shipped_backbone_matches_its_default_recipe_and_cache_key(name):
+    from bench.backbones.tiny import SIBLING_PRETRAIN
     cfg = BACKBONES.get(name).Config()
     rec = recipe(name, cfg.arch, cfg.pretrain, W.WorldConfig())
     assert short_hash(rec) == RECIPE_HASHES[name]
-    if (ASSETS / name / "recipe.json").is_file():
-        # the committed recipe.json and SHA256SUMS.json hold (shipped_weights checks both)
-        assert shipped_weights(name, cfg.arch, cfg.pretrain, W.WorldConfig()) == ASSETS / name / "pipeline"
+    # world v2's base is its v1 base fine-tuned on the v2 corpus
+    assert rec["pretrain"]["warm_start"] == name and rec["world"]["modes"]["frame_rate"] == 0.7
+    v1 = PretrainConfig() if name == "tiny-sd15" else PretrainConfig(**SIBLING_PRETRAIN)
+    assert short_hash(recipe(name, cfg.arch, v1, W.world_v1())) == RECIPE_HASHES_V1[name]
+    # the committed recipe.json and SHA256SUMS.json hold (shipped_weights checks both)
+    assert shipped_weights(name, cfg.arch, cfg.pretrain, W.WorldConfig()) == ASSETS / "world-v2" / name / "pipeline"
+    assert shipped_weights(name, cfg.arch, v1, W.world_v1()) == ASSETS / name / "pipeline"
 
 
 def test_pretraining_keeps_its_numbers(tiny_arch, tiny_pipe_dir):

@@ -228,12 +228,21 @@ class PretrainConfig:
     warm_start: str | None = None
 
 
+def world_v2_finetune(v1: dict, name: str) -> dict:
+    """World v2's recipe for a tiny backbone: its world-v1 base (bench/assets/<name>, checksummed)
+    fine-tuned on the v2 corpus for 2000 steps at lr 5e-4 with its v1 loss weighting (the length
+    and rate of v1's last phase; docs/world.md, candidate G: 400 steps cost the base much of its
+    quality, 2000 learned the modes whole and recovered it)."""
+    return {**v1, "steps": 2000, "lr": 5e-4, "warmup": 20, "seed": 7, "init_from": None, "warm_start": name}
+
+
 @dataclass
 class TinyBackboneConfig:
     name: str = "tiny-sd15"
     weights: str = "shipped"               # shipped | pretrain | <path to a saved pipeline>
     arch: TinyArch = field(default_factory=TinyArch)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # world v1's tiny-sd15 recipe is PretrainConfig() on world v1 (phases 1-3 above)
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**world_v2_finetune({}, "tiny-sd15")))
     # 7.5 as SD1.5 (Diffusion-DPO quick_samples.ipynb). Measured on the shipped tiny-sd15 base
     # (54 eval prompts x 2 seeds): fully correct 6.5% at guidance 3, 19% at 5, 24% at 7.5.
     guidance_scale: float = 7.5
@@ -242,7 +251,7 @@ class TinyBackboneConfig:
     num_inference_steps: int = 20
 
 
-# tiny-sd21 and tiny-sdxl start from the shipped tiny-sd15 weights (every tensor whose size fits;
+# World v1: tiny-sd21 and tiny-sdxl start from the shipped tiny-sd15 weights (every tensor whose size fits;
 # the rest, e.g. SDXL's text encoders and add_embedding, from random init) and are trained with
 # tiny-sd15's phase-3 weighting. Our choice: pretraining each from scratch costs ~1.5 h on 2 cores.
 SIBLING_PRETRAIN = {**PHASE2, "steps": 2000, "seed": 3, "snr_gamma": None, "v_weight_cap": 100.0,
@@ -253,14 +262,14 @@ SIBLING_PRETRAIN = {**PHASE2, "steps": 2000, "seed": 3, "snr_gamma": None, "v_we
 class TinySD21Config(TinyBackboneConfig):
     name: str = "tiny-sd21"
     arch: TinyArch = field(default_factory=lambda: tiny_arch("tiny-sd21"))
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**SIBLING_PRETRAIN))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**world_v2_finetune(SIBLING_PRETRAIN, "tiny-sd21")))
 
 
 @dataclass
 class TinySDXLConfig(TinyBackboneConfig):
     name: str = "tiny-sdxl"
     arch: TinyArch = field(default_factory=lambda: tiny_arch("tiny-sdxl"))
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**SIBLING_PRETRAIN))
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(**world_v2_finetune(SIBLING_PRETRAIN, "tiny-sdxl")))
 
 
 def short_hash(obj) -> str:

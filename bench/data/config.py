@@ -17,8 +17,11 @@ class DataConfig:
     # different models, model_0/model_1). "base": the base model as configured (one-entry pool:
     # on-policy pairs, two seeds of the base); "base@g3": at guidance 3; "base@s10": with 10
     # sampling steps (combinable: "base@g5@s10"); "renderer": the world's renderer with its corpus
-    # defect model (world.defects, world.modes). With two or more, each pair draws two different ones.
-    generators: list[str] = field(default_factory=lambda: ["base"])
+    # defect model (world.defects, world.modes); "renderer@curated": the renderer without world
+    # v2's learned modes (a generator trained on other data). With two or more, each pair draws two
+    # different ones. The default pairs a base sample with a curated render, as Pick-a-Pic pairs
+    # images of different generators (docs/world.md measured [base], [base, renderer] and this).
+    generators: list[str] = field(default_factory=lambda: ["base", "renderer@curated"])
     seed: int = 0
     annotator: W.AnnotatorConfig = field(default_factory=W.AnnotatorConfig)
     # Streamed sources (source=pickapic_v2 | hpdv2, path=<dataset directory>; bench/data/stream.py):

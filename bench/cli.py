@@ -12,6 +12,8 @@
     paper NAME|SPEC.yaml [--out DIR] [overrides]
                                     run the jobs a paper/ spec still lacks (as `run` does), then
                                     regenerate its table beside the paper's numbers
+    claims [--out FILE]             the papers' claims against ours, with verdicts, from the suite's
+                                    runs and paper/*/summary.json (paper/claims.md; bench.claims)
     tune +study=NAME [tune.FIELD=V ...] [overrides]
                                     one Optuna worker on study sweeps/study/NAME.yaml (bench.tune);
                                     start as many as you like on one storage
@@ -150,6 +152,14 @@ def cmd_paper(rest: list[str]) -> None:
         print(out)
 
 
+def cmd_claims(rest: list[str]) -> None:
+    p = _subparser("claims", "The papers' claims against ours, from committed files (run from the repository root).")
+    p.add_argument("--out", default=None, help="output file (default: paper/claims.md)")
+    a = p.parse_args(rest)
+    from bench.claims import write_claims
+    print(write_claims(Path("paper"), Path(a.out) if a.out else None))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -173,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_report(rest)
         elif cmd == "paper":
             cmd_paper(rest)
+        elif cmd == "claims":
+            cmd_claims(rest)
         elif cmd == "tune":
             check_overrides(rest)
             from bench.tune import main as tune_main
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             {"run": run, "pretrain": pretrain}[cmd]()
         else:
             raise BenchError(f"unknown command {cmd!r}; valid: run, pretrain, list, leaderboard, report, paper, "
-                             "tune, sbatch")
+                             "claims, tune, sbatch")
     except BenchError as e:
         _fail(str(e))
     return 0

@@ -39,3 +39,10 @@ def test_every_committed_paper_output_regenerates_from_its_runs(name, monkeypatc
     runs = load_runs(None, [], dirs=dirs)
     path = write_paper_output(spec, runs, tmp_path, wall_s=summary["wall_s"], n_run=summary["jobs_run"])
     assert path.read_text() == (committed / "README.md").read_text()
+
+
+def test_the_committed_claims_table_regenerates_from_the_committed_files(monkeypatch, tmp_path):
+    from bench.claims import write_claims
+    monkeypatch.chdir(ROOT)
+    out = write_claims(Path("paper"), tmp_path / "claims.md")
+    assert out.read_text() == (ROOT / "paper" / "claims.md").read_text()

@@ -136,7 +136,7 @@ def test_a_damaged_preference_file_in_the_cache_is_made_again(tmp_path, caplog):
         calls.append(len(texts))
         return torch.randint(0, 256, (len(texts), 3, 32, 32), generator=torch.Generator().manual_seed(0),
                              dtype=torch.uint8)
-    bb, cfg = SimpleNamespace(name="tiny"), DataConfig(n_pairs=4)
+    bb, cfg = SimpleNamespace(name="tiny"), DataConfig(n_pairs=4, generators=["base"])
     path = world_preferences(bb, W.WorldConfig(), cfg, tmp_path, "w", sample)
     good = path.read_bytes()
     path.write_bytes(good[:100])                      # a partial copy / disk error

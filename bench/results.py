@@ -68,17 +68,33 @@ def is_complete(path: Path) -> bool:
     return (path / "result.json").is_file() and (path / "scores.parquet").is_file()
 
 
+# What the suite itself writes into the repository: committed results, each paper spec's output
+# folder and measurements. A change there (a spec regenerating its table while a later spec's jobs
+# run) is not a change to the code or configs a job ran with, so it does not make the job dirty.
+GENERATED_PATHS = ("results", "paper/*/", "benchmarks/measured")
+
+
+def _git(root: Path, *args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_dirty(root: Path) -> bool:
+    """Whether a tracked file outside GENERATED_PATHS differs from HEAD (untracked files ignored)."""
+    excludes = [f":(exclude,glob){g.rstrip('/')}/**" for g in GENERATED_PATHS]
+    return bool(_git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes))
+
+
 def provenance(device: str | None = None) -> dict:
-    """git sha and dirty flag, package versions, python, platform and `device`: the device the job
-    ran on (bench.devices.device_record); None: the one torch would pick."""
+    """git sha and dirty flag (bench.results.git_dirty), package versions, python, platform and
+    `device`: the device the job ran on (bench.devices.device_record); None: the one torch would pick."""
     root = Path(__file__).resolve().parent.parent
 
     def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+        return _git(root, *args)
     versions = {}
     for p in PACKAGES:
         try:
@@ -87,7 +103,7 @@ def provenance(device: str | None = None) -> dict:
             versions[p] = None
     import torch
     return {"git_sha": git("rev-parse", "HEAD") or None,
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "git_dirty": git_dirty(root),
             "versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
             "device": device if device is not None else "cuda:" + torch.cuda.get_device_name(0)
             if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"}

@@ -141,3 +141,31 @@ def test_probe_samples_prompts_spread_over_the_split():
     assert sorted({W.parse_prompt(t).count for t in tx}) == [1, 2, 3]
     assert tx == [prompts[i].text for i in (0, 7, 14) for _ in range(per)] and sd == [0, 1] * 3
     assert reports == [(7, 0.5)]                                # identical images: all ties
+
+
+def test_git_dirty_ignores_what_the_suite_writes(tmp_path):
+    """A spec regenerating paper/<spec>/ or results/ leaves later jobs clean; a code or spec change does not."""
+    import subprocess
+    from bench.results import git_dirty
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    files = {"bench/x.py": "a = 1\n", "paper/spec.yaml": "title: t\n", "paper/spec/summary.json": "{}\n",
+             "results/leaderboard.csv": "a\n", "benchmarks/measured/m.json": "{}\n"}
+    for f, text in files.items():
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text(text)
+    git("init", "-q"); git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert not git_dirty(tmp_path)
+    (tmp_path / "new_untracked.py").write_text("b = 2\n")
+    assert not git_dirty(tmp_path)
+    for f in ("paper/spec/summary.json", "results/leaderboard.csv", "benchmarks/measured/m.json"):
+        (tmp_path / f).write_text("changed\n")
+    assert not git_dirty(tmp_path)
+    (tmp_path / "paper/spec.yaml").write_text("title: changed\n")
+    assert git_dirty(tmp_path)
+    git("checkout", "--", "paper/spec.yaml")
+    assert not git_dirty(tmp_path)
+    (tmp_path / "bench/x.py").write_text("a = 2\n")
+    assert git_dirty(tmp_path)

@@ -92,9 +92,6 @@ def provenance(device: str | None = None) -> dict:
     """git sha and dirty flag (bench.results.git_dirty), package versions, python, platform and
     `device`: the device the job ran on (bench.devices.device_record); None: the one torch would pick."""
     root = Path(__file__).resolve().parent.parent
-
-    def git(*args):
-        return _git(root, *args)
     versions = {}
     for p in PACKAGES:
         try:
@@ -102,7 +99,7 @@ def provenance(device: str | None = None) -> dict:
         except metadata.PackageNotFoundError:
             versions[p] = None
     import torch
-    return {"git_sha": git("rev-parse", "HEAD") or None,
+    return {"git_sha": _git(root, "rev-parse", "HEAD") or None,
             "git_dirty": git_dirty(root),
             "versions": versions, "python": sys.version.split()[0], "platform": platform.platform(),
             "device": device if device is not None else "cuda:" + torch.cuda.get_device_name(0)

@@ -108,19 +108,27 @@ def _reference_step(bb, unet, ref, opt, w_img, l_img, enc, beta, gen):
 WARM = 5          # steps excluded from the steps/s of both (set-up, first-call allocations)
 
 
-def dpo(args) -> dict:
+DPO_CAPTION = "two red circles on a blue background"
+
+
+def dpo_setup(backbone: str, cache: Path, n: int = 64):
+    """The DPO benchmarks' backbone, job config, n pairs of base samples of one caption and the
+    base UNet's state (to reset the policy before each run)."""
     import copy
     from bench.data.pairs import PairData
+    from bench.sample import generate
+    bb, job = _backbone(backbone, cache)
+    imgs = generate(bb, [DPO_CAPTION] * (2 * n), list(range(2 * n)), progress=False)
+    data = PairData(imgs[:n], imgs[n:], [DPO_CAPTION] * n, torch.zeros(n, dtype=torch.bool))
+    return bb, job, data, copy.deepcopy(bb.pipe.unet.state_dict())
+
+
+def dpo(args) -> dict:
+    import copy
     from bench.train import TrainConfig, train
     from methods.dpo import DPO, DPOConfig
-    bb, job = _backbone(args.backbone, Path(args.cache))
-    g = torch.Generator().manual_seed(0)
-    from bench.sample import generate
-    n = 64
-    caption = "two red circles on a blue background"
-    imgs = generate(bb, [caption] * (2 * n), list(range(2 * n)), progress=False)
-    data = PairData(imgs[:n], imgs[n:], [caption] * n, torch.zeros(n, dtype=torch.bool))
-    base = copy.deepcopy(bb.pipe.unet.state_dict())
+    n, caption = 64, DPO_CAPTION
+    bb, job, data, base = dpo_setup(args.backbone, Path(args.cache), n)
     B = job.train.batch_size
 
     def ours(ref_draws: int, ema) -> float:

@@ -2,24 +2,18 @@
 
     python benchmarks/profile_ref_draws.py [STEPS]      # ~3 min; prints steps/s per run, then two profiles
 """
-import copy, sys, tempfile, time
+import contextlib, sys, tempfile, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.perf import _backbone
-from bench.data.pairs import PairData
+from benchmarks.perf import dpo_setup
 from bench.train import TrainConfig, train
-from bench.sample import generate
 from methods.dpo import DPO, DPOConfig
 from torch.profiler import profile, ProfilerActivity
 
 cache = Path(tempfile.mkdtemp(prefix="prof-cache-"))
-bb, job = _backbone("tiny-sd15", cache)
-n = 64; caption = "two red circles on a blue background"
-imgs = generate(bb, [caption] * (2 * n), list(range(2 * n)), progress=False)
-data = PairData(imgs[:n], imgs[n:], [caption] * n, torch.zeros(n, dtype=torch.bool))
-base = copy.deepcopy(bb.pipe.unet.state_dict())
+bb, job, data, base = dpo_setup("tiny-sd15", cache)
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 20
 
 def run(ref_draws, prof=False):
@@ -27,12 +21,8 @@ def run(ref_draws, prof=False):
     cfg = TrainConfig(steps=STEPS, batch_size=16, lr=1e-5, ref_draws=ref_draws, ema_decay=None,
                       empty_prompt_prob=0.0, log_every=5, checkpoint_every=0)
     t = time.process_time()
-    if prof:
-        with profile(activities=[ProfilerActivity.CPU]) as p:
-            _, hist = train(bb, DPO(DPOConfig()), data, cfg, seed=0, progress=False, ref_cache_dir=cache / "reference")
-    else:
+    with (profile(activities=[ProfilerActivity.CPU]) if prof else contextlib.nullcontext()) as p:
         _, hist = train(bb, DPO(DPOConfig()), data, cfg, seed=0, progress=False, ref_cache_dir=cache / "reference")
-        p = None
     cpu = time.process_time() - t
     sps = (hist[-1]["step"] - hist[0]["step"]) / (hist[-1]["wall_s"] - hist[0]["wall_s"])
     return p, cpu, sps

@@ -8,7 +8,7 @@ import torch
 
 from bench import world as W
 from bench.backbones import PretrainConfig, XLBackbone, load_pipeline_dir, load_real, make_backbone, tiny_arch
-from bench.backbones.tiny import build_tiny, recipe, transfer_weights
+from bench.backbones.tiny import SIBLING_PRETRAIN, build_tiny, recipe, transfer_weights
 from bench.data.pairs import PairData
 from bench.registry import BACKBONES, BenchError
 from bench.sample import generate
@@ -131,7 +131,6 @@ def test_sibling_recipes_name_their_warm_start_and_its_checksums():
     from bench.backbones.shipped import checked_asset
     from bench.backbones.tiny import ASSETS, short_hash
     sums = json.loads((ASSETS / "tiny-sd15" / "SHA256SUMS.json").read_text())
-    from bench.backbones.tiny import SIBLING_PRETRAIN
     for name in ("tiny-sd21", "tiny-sdxl"):
         cfg = BACKBONES.get(name).Config()
         rec = recipe(name, cfg.arch, PretrainConfig(**SIBLING_PRETRAIN), W.world_v1())   # world v1's siblings

@@ -27,6 +27,7 @@ class Claim:
     key: str                 # "suite": the full suite's jobs, key "backbone|method|scorer"
     side: str = "above"      # the claim holds when ours is above (or below) the null
     null: float = 0.5
+    compares: tuple[str, ...] = ()   # methods set against each other: their budgets are named if they differ
 
 
 # Figures from ../shared/reference/field-2026.md and methods.md (each names its paper section).
@@ -40,14 +41,14 @@ CLAIMS: list[Claim] = [
           "(Li et al. 2024, win rates on Pick-a-Pic test prompts)", "diffusion_kto", "kto|gold"),
     Claim("KTO beats SFT (tiny-sd15, gold, head to head)",
           "KTO preferred over SFT in the user study (Li et al. 2024, abstract; number not transcribed)",
-          "diffusion_kto", "kto vs sft|gold"),
+          "diffusion_kto", "kto vs sft|gold", compares=("kto", "sft")),
     Claim("KTO at least matches DPO (tiny-sd15, gold, head to head)",
           "Diffusion-KTO vs Diffusion-DPO: 74.2 / 61.8 / 78.4% (aesthetic / PickScore / ImageReward) "
-          "(Li et al. 2024)", "diffusion_kto", "kto vs dpo|gold"),
+          "(Li et al. 2024)", "diffusion_kto", "kto vs dpo|gold", compares=("kto", "dpo")),
     Claim("BalancedDPO beats DPO, win rate averaged over scorers and backbones",
           "+15% (Pick-a-Pic), +7.1% (PartiPrompts), +10.3% (HPD) average win rate over "
           "Diffusion-DPO (Tamboli et al., v1 abstract)", "balanced_dpo_gain", "mean over backbones|gain",
-          null=0.0),
+          null=0.0, compares=("balanced_dpo", "dpo")),
     Claim("CPO lowers negative attributes per image (tiny-sd15, vs base)",
           "fewer negative attributes than the baselines (Meng et al. 2026, painting domain; number "
           "not transcribed)", "cpo_attributes", "cpo|n_negative_delta", side="below", null=0.0),
@@ -70,11 +71,13 @@ def _cell(c: dict, signed: bool) -> str:
     return f"{f.format(c['value'])} [{f.format(c['ci_low'])}, {f.format(c['ci_high'])}]"
 
 
-def _summary(paper_dir: Path, spec: str) -> dict:
+def _summary(paper_dir: Path, spec: str) -> tuple[dict, dict]:
+    """A spec's cells and, where its methods trained for different numbers of steps, their budgets."""
     path = paper_dir / spec / "summary.json"
     if not path.is_file():
         raise BenchError(f"no {path}; run `python -m bench paper {spec}` first")
-    return json.loads(path.read_text())["ours"]
+    summary = json.loads(path.read_text())
+    return summary["ours"], summary.get("budgets", {})
 
 
 def _default_config_cell(key: str) -> dict:
@@ -101,14 +104,18 @@ def rows(paper_dir: Path) -> list[list[str]]:
         else:
             if c.spec not in summaries:                   # several claims read one spec's summary
                 summaries[c.spec] = _summary(paper_dir, c.spec)
-            ours = summaries[c.spec]
+            ours, budgets = summaries[c.spec]
             if c.key not in ours:
                 raise BenchError(f"paper/{c.spec}/summary.json has no cell {c.key!r}; regenerate it "
                                  f"with `python -m bench paper {c.spec}`")
             cell = ours[c.key]
         v = verdict(cell["value"], cell["ci_low"], cell["ci_high"], c.side, c.null, cell["seed_aware"])
-        out.append([c.claim, c.paper, _cell(cell, signed=c.null == 0.0), v])
-    out.extend(reward_hacking(_summary(paper_dir, "balanced_dpo_consensus")))
+        ours_txt = _cell(cell, signed=c.null == 0.0)
+        steps = {m: budgets[m] for m in c.compares if c.spec != "suite" and m in budgets}
+        if len(set(map(str, steps.values()))) > 1:
+            ours_txt += " at unequal budgets (" + ", ".join(f"{m} {n} steps" for m, n in steps.items()) + ")"
+        out.append([c.claim, c.paper, ours_txt, v])
+    out.extend(reward_hacking(_summary(paper_dir, "balanced_dpo_consensus")[0]))
     return out
 
 

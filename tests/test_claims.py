@@ -60,3 +60,26 @@ def test_a_missing_summary_is_one_line_naming_the_command(tmp_path, monkeypatch)
     with pytest.raises(BenchError, match="python -m bench paper cpo_attributes"):
         write_claims(tmp_path / "paper")
     assert not (tmp_path / "paper" / "claims.md").exists()
+
+
+def test_a_comparison_at_unequal_budgets_names_them(tmp_path, monkeypatch):
+    """A claim that sets two methods against each other says so when the spec's summary records
+    different training budgets for them (bench.paper writes `budgets` only when they differ)."""
+    import bench.claims as C
+    monkeypatch.chdir(tmp_path)
+    kto_claims = [c for c in C.CLAIMS if c.spec == "diffusion_kto"]
+    monkeypatch.setattr(C, "CLAIMS", kto_claims)
+    monkeypatch.setattr(C, "reward_hacking", lambda ours: [])
+    cells = {"kto|gold": _c(0.5, 0.47, 0.53), "kto vs sft|gold": _c(0.52, 0.49, 0.55),
+             "kto vs dpo|gold": _c(0.40, 0.35, 0.45)}
+    d = tmp_path / "paper" / "diffusion_kto"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"ours": cells, "budgets": {"dpo": 1000, "kto": 300, "sft": 300}}))
+    (tmp_path / "paper" / "balanced_dpo_consensus").mkdir()
+    (tmp_path / "paper" / "balanced_dpo_consensus" / "summary.json").write_text(json.dumps({"ours": {}}))
+    by_claim = {r[0]: r for r in C.rows(tmp_path / "paper")}
+    assert by_claim["KTO at least matches DPO (tiny-sd15, gold, head to head)"][2] == \
+        "0.400 [0.350, 0.450] at unequal budgets (kto 300 steps, dpo 1000 steps)"
+    assert by_claim["KTO beats SFT (tiny-sd15, gold, head to head)"][2] == "0.520 [0.490, 0.550]"   # equal budgets
+    (d / "summary.json").write_text(json.dumps({"ours": cells}))                 # no budgets: all equal
+    assert all("unequal" not in r[2] for r in C.rows(tmp_path / "paper"))

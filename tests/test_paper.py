@@ -146,3 +146,13 @@ def test_paper_runs_missing_jobs_through_run(in_tmp, tiny_pipe_dir, capsys):
     assert json.loads((in_tmp / "toy_base" / "summary.json").read_text())["jobs"] == [job.name]
     out = report(res, in_tmp / "rep")
     assert (in_tmp / "rep" / "grids" / "grid-tiny-sd15.png").is_file() and not out.problems
+
+
+def test_budgets_are_named_only_where_the_trained_rows_differ():
+    import pandas as pd
+    from bench.paper import _budgets
+    lb = pd.DataFrame({"method": ["base", "dpo", "dpo", "kto", "sft"], "budget_steps": [0, 1000, 1000, 300, 300]})
+    assert _budgets(lb) == {"dpo": 1000, "kto": 300, "sft": 300}
+    assert _budgets(lb[lb.method != "dpo"]) == {}                          # kto and sft alike; base ignored
+    mixed = pd.DataFrame({"method": ["dpo", "dpo", "kto"], "budget_steps": [300, 1000, 300]})
+    assert _budgets(mixed) == {"dpo": "300/1000", "kto": 300}

@@ -98,6 +98,8 @@ def cmd_list() -> None:
     for reg in (METHODS, SCORERS, BACKBONES):
         print(f"{reg.kind}s:")
         for name, doc in reg.describe():
+            if reg is METHODS and name != "base":     # the training budget when train.steps is unset
+                doc = f"{doc} [{reg.config(name).default_steps} steps]"
             print(f"  {name:14s} {doc}")
     from bench.data import real as D
     for title, table in (("pair datasets (bench.data.real.load_pairs)", D.PAIR_SOURCES), ("prompt sets (eval.prompt_set)", D.PROMPT_SETS)):

@@ -35,7 +35,9 @@ OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
+    # Optimizer steps. null: the method's budget (its config class's `default_steps`: 1000 for
+    # DPO, 300 for the others; `python -m bench list` shows them), set by bench.config.validate.
+    steps: int | None = None
     batch_size: int = 16               # pairs per micro-batch for pair methods, images for image methods
     # Micro-batches per optimizer step: the effective batch is batch_size x grad_accum (DiffusionDPO
     # reaches 2048 pairs per step as 1 x 128 accumulation x 16 GPUs, launchers/sd15.sh).
@@ -105,7 +107,7 @@ ERROR_WEIGHTINGS = ("none", "v_cap")
 
 def check_config(cfg: TrainConfig) -> None:
     """The training options' values, checked before any work (one line each)."""
-    if cfg.steps < 1:
+    if cfg.steps is not None and cfg.steps < 1:
         raise BenchError(f"train.steps must be >= 1, got {cfg.steps}")
     if cfg.batch_size < 1:
         raise BenchError(f"train.batch_size must be >= 1, got {cfg.batch_size}")
@@ -339,6 +341,8 @@ def validate(cfg: DictConfig) -> JobConfig:
         train=typed(cfg.train, TrainConfig, "train"), eval=typed(cfg.eval, EvalConfig, "eval"),
         paths=typed(cfg.paths, PathsConfig, "paths"), progress=bool(cfg.get("progress", True)),
         launch=typed(cfg.get("launch", {}), LaunchConfig, "launch"), preset=cfg.get("preset"))
+    if job.train.steps is None:
+        job.train.steps = type(job.method).default_steps
     if job.launch.num_processes < 1:
         raise BenchError(f"launch.num_processes must be >= 1, got {job.launch.num_processes}")
     check_config(job.train)          # steps, batch, lr, ... before any sampling or data generation

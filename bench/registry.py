@@ -4,7 +4,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Callable, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -20,6 +20,10 @@ class MethodConfig:
     registry that declares methods, so that methods/ never imports bench.config, which imports
     methods/ to declare them."""
     name: str = ""
+    # The method's training budget in optimizer steps: what `train.steps` is when left unset
+    # (null), so that each method's default job is its measured setting (bench.config.validate).
+    # A class attribute, not a config key: the resolved `train.steps` names the job.
+    default_steps: ClassVar[int] = 300
 
 
 class Registry(Generic[T]):

@@ -25,7 +25,7 @@ from methods.config import BalancedDPOConfig, CPOConfig, DPOConfig, KTOConfig
 _DECLARED = [
     ("base", MethodConfig, "No training: the pretrained backbone itself (every win rate is against this row)."),
     ("sft", MethodConfig, "Supervised fine-tuning on the preferred image of each non-tie pair (denoising loss)."),
-    ("dpo", DPOConfig, "Diffusion-DPO: pairwise preference loss against a frozen reference, beta = 5000."),
+    ("dpo", DPOConfig, "Diffusion-DPO: pairwise preference loss against a frozen reference; suite beta 2500, paper beta 5000."),
     ("kto", KTOConfig, "Diffusion-KTO: per-image likes/dislikes, utility 1 - sigmoid(beta*s*(g - z)), beta = 1000."),
     ("balanced_dpo", BalancedDPOConfig,
      "BalancedDPO-style: majority vote of proxy scorers per pair, DPO loss, refreshed reference."),

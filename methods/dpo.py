@@ -27,7 +27,7 @@ def dpo_margin(e_w, e_l, a_w, a_l, beta: float, half: bool = True):
 
 @METHODS.register("dpo")
 class DPO(Method):
-    """Diffusion-DPO: pairwise preference loss against a frozen reference, beta = 5000."""
+    """Diffusion-DPO: pairwise preference loss against a frozen reference; suite beta 2500, paper beta 5000."""
     feedback = "pairs"
     needs_reference = True
     Config = DPOConfig

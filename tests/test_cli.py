@@ -298,7 +298,7 @@ def test_a_method_module_registers_itself_without_any_other_file(tmp_path):
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["codes"] == [0, 2, 2], res["outs"]
-    assert re.search(r"^  planted +Planted: a one-file method that methods/__init__.py finds by itself\.$",
+    assert re.search(r"^  planted +Planted: a one-file method that methods/__init__.py finds by itself\. \[300 steps\]$",
                      res["outs"][0], re.M)
     assert "method.beta must be a finite number > 0, got -1.0" in res["outs"][1]
     assert "unknown key 'method.typo'; valid keys of method: name, beta" in res["outs"][2]

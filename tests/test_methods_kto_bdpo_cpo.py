@@ -159,7 +159,7 @@ def test_balanced_dpo_relabels_pairs_and_weights_the_dpo_loss():
     assert d.ties.tolist() == [False, False, True]
     err, ref = torch.tensor([0.10, 0.20, 0.30, 0.25]), torch.tensor([0.12, 0.20, 0.29, 0.25])
     a, _ = m.loss(err, ref, torch.ones(2))
-    b, _ = DPO(DPOConfig()).loss(err, ref)
+    b, _ = DPO(DPOConfig(beta=5000.0)).loss(err, ref)
     assert a.item() == pytest.approx(b.item(), abs=1e-6)
     c, _ = m.loss(err, ref, torch.tensor([1.0, 0.0]))          # only pair 0: inside = 75
     assert c.item() == pytest.approx(-math.log(sig(75.0)), abs=1e-6)
@@ -255,7 +255,7 @@ def test_cpo_with_one_binary_attribute_is_the_dpo_loss():
     err, ref = torch.rand(8) * 1e-3, torch.rand(8) * 1e-3
     r_w, r_l = ref.chunk(2)
     a, _ = cpo_loss(err, r_w[:, None], r_l[:, None], torch.ones(4, 1), torch.tensor([1.0]), beta=5000.0)
-    b, _ = DPO(DPOConfig()).loss(err, ref)
+    b, _ = DPO(DPOConfig(beta=5000.0)).loss(err, ref)
     assert a.item() == b.item()
     a, _ = cpo_loss(err, r_w[:, None], r_l[:, None], torch.ones(4, 1), torch.tensor([0.3]), beta=2500.0, half=False)
     b, _ = DPO(DPOConfig(beta=2500.0, half=False)).loss(err, ref)
@@ -278,7 +278,7 @@ def test_cpo_with_one_attribute_trains_exactly_as_dpo(tiny_arch):
     d = PairData(d.winners, d.losers, [f"{CAP} #{i}" for i in range(len(d))], d.ties)
     cfg = TrainConfig(steps=3, batch_size=3, lr=1e-3, log_every=1)
     runs = []
-    for method, data in ((DPO(DPOConfig()), d), (CPO(CPOConfig(anchor="base")), single_attribute(d))):
+    for method, data in ((DPO(DPOConfig(beta=5000.0)), d), (CPO(CPOConfig(anchor="base")), single_attribute(d))):
         bb = Backbone("x", build_tiny(tiny_arch, 32), 32, 3.0, 2)
         runs.append(train(bb, method, data, cfg, seed=0, progress=False)[1])
     assert [h["loss"] for h in runs[0]] == [h["loss"] for h in runs[1]]

@@ -82,6 +82,28 @@ def test_job_hash_covers_identity_only():
     assert job_hash(base) != job_hash({**base, "method": {"name": "dpo", "beta": 2500.0}})
 
 
+def test_unset_train_steps_is_the_methods_budget_and_names_the_job_as_if_set():
+    """train.steps left unset (null) becomes the method's budget: DPO's measured setting (1000 steps,
+    beta 2500), 300 for the others; BalancedDPO keeps its own beta and budget though its config
+    extends DPO's. The job is named as if the steps had been written on the command line."""
+    from bench.config import compose_config, resolve
+    from bench.results import job_hash
+
+    def resolved(*overrides):
+        job, plain = resolve(compose_config(list(overrides)))
+        return job, job_hash(plain)
+
+    assert compose_config(["method=dpo"]).train.steps is None
+    dpo, h = resolved("method=dpo")
+    assert (dpo.train.steps, dpo.method.beta) == (1000, 2500.0)
+    assert h == resolved("method=dpo", "train.steps=1000", "method.beta=2500")[1]
+    assert h != resolved("method=dpo", "train.steps=300")[1]
+    assert resolved("method=dpo", "train.steps=7")[0].train.steps == 7
+    bdpo, _ = resolved("method=balanced_dpo")
+    assert (bdpo.train.steps, bdpo.method.beta) == (300, 5000.0)
+    assert [resolved(f"method={m}")[0].train.steps for m in ("sft", "kto", "cpo", "base")] == [300] * 4
+
+
 
 def test_world_v1_jobs_keep_their_hashes_under_the_world_v2_options():
     """A job names itself by hash: world v2's options at their neutral values (world v1) leave a

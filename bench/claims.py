@@ -100,7 +100,7 @@ def rows(paper_dir: Path) -> list[list[str]]:
     out, summaries = [], {}
     for c in CLAIMS:
         if c.spec == "suite":
-            cell = _default_config_cell(c.key)
+            cell, budgets = _default_config_cell(c.key), {}
         else:
             if c.spec not in summaries:                   # several claims read one spec's summary
                 summaries[c.spec] = _summary(paper_dir, c.spec)
@@ -111,7 +111,7 @@ def rows(paper_dir: Path) -> list[list[str]]:
             cell = ours[c.key]
         v = verdict(cell["value"], cell["ci_low"], cell["ci_high"], c.side, c.null, cell["seed_aware"])
         ours_txt = _cell(cell, signed=c.null == 0.0)
-        steps = {m: budgets[m] for m in c.compares if c.spec != "suite" and m in budgets}
+        steps = {m: budgets[m] for m in c.compares if m in budgets}
         if len(set(map(str, steps.values()))) > 1:
             ours_txt += " at unequal budgets (" + ", ".join(f"{m} {n} steps" for m, n in steps.items()) + ")"
         out.append([c.claim, c.paper, ours_txt, v])

@@ -13,8 +13,8 @@ from bench.registry import MethodConfig
 
 @dataclass
 class DPOConfig(MethodConfig):
-    # Suite setting, measured on the shapes world (docs/world.md, "DPO's setting"): beta 2500 and
-    # 1000 steps, chosen by a beta/lr/steps sweep on train prompts and confirmed on the eval split.
+    # Suite setting on the shapes world (docs/world.md, "The suite's DPO"): beta 2500 and 1000
+    # steps, the train-prompt sweep's pick for tiny-sdxl, then run on the eval split on all three.
     # Diffusion-DPO's beta_dpo is 5000 (DiffusionDPO train.py default and both official
     # launchers); the presets (sweeps/preset/) set it, and so does method.beta=5000.
     beta: float = 2500.0
